@@ -1,0 +1,7 @@
+"""`python -m cleanbench ...` is the same as `cleanbench ...`."""
+
+import sys
+
+from cleanbench.cli import main
+
+sys.exit(main())

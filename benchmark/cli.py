@@ -1,0 +1,159 @@
+"""The `cleanbench` command line: run, list, results.
+
+Errors become one line on stderr and an exit code (2: bad input, 1: a run failed); `--debug`
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
+from cleanbench.errors import CleanbenchError, UsageError
+from cleanbench.registry import ATTACKS, DEFENSES, load_plugin_file
+
+DEFAULTS = RunConfig()
+
+
+def _config_from_file(path: str) -> dict:
+    """A YAML config, or the `config` section of a run card (to reproduce it)."""
+    values = load_yaml(path)
+    if "schema_version" in values and "config" in values:
+        return values["config"]
+    return values
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="cleanbench")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """cleanbench: backdoor attacks and defenses on CLIP-style models, reproducibly."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.option("--attack", default=DEFAULTS.attack, help="Attack name (see `cleanbench list attacks`).")
+@click.option("--attack-opt", multiple=True, metavar="KEY=VALUE", help="Attack option, e.g. patch_size=16; repeatable.")
+@click.option("--defense", default=DEFAULTS.defense, help="Defense name (see `cleanbench list defenses`).")
+@click.option("--defense-opt", multiple=True, metavar="KEY=VALUE", help="Defense option, e.g. lr=1e-3; repeatable.")
+@click.option("--poison-rate", type=float, default=None, help=f"Fraction of training pairs poisoned, in (0, 1] [default: {DEFAULTS.poison_rate}].")
+@click.option("--poison-count", type=int, default=None, help="Number of poisoned pairs (instead of a rate).")
+@click.option("--target", default=None, help=f"Target class name or index [default: {DEFAULTS.target}].")
+@click.option("--seed", type=int, default=None, help=f"Run seed [default: {DEFAULTS.seed}].")
+@click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N [default: auto].")
+@click.option("--model", default=None, help=f"open_clip model name [default: {DEFAULTS.model.name}].")
+@click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path [default: none].")
+@click.option("--results-dir", default=None, help=f"Where run cards go [default: {DEFAULTS.results_dir}].")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML config (or a run card to reproduce); options override it.")
+@click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers attacks/defenses; repeatable.")
+@click.option("--no-cache", is_flag=True, help="Retrain the poisoned model even when a cached one exists.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(**options) -> None:
+    """Run one cell: poison, pretrain, evaluate, defend, evaluate, write a run card."""
+    for path in options["plugin"]:
+        load_plugin_file(path)
+    values = _config_from_file(options["config_file"]) if options["config_file"] else {}
+    overrides: dict = {}
+    for key in ("attack", "defense", "target", "seed", "device", "results_dir"):
+        if options[key] is not None:
+            overrides[key] = options[key]
+    if options["poison_rate"] is not None or options["poison_count"] is not None:
+        overrides["poison_rate"] = options["poison_rate"]
+        overrides["poison_count"] = options["poison_count"]
+    if options["attack"] is not None and options["attack"] != values.get("attack", options["attack"]):
+        values.pop("attack_options", None)
+    if options["defense"] is not None and options["defense"] != values.get("defense", options["defense"]):
+        values.pop("defense_options", None)
+    if options["attack_opt"]:
+        overrides["attack_options"] = parse_key_values(options["attack_opt"], "--attack-opt")
+    if options["defense_opt"]:
+        overrides["defense_options"] = parse_key_values(options["defense_opt"], "--defense-opt")
+    model = {k: options[k] for k in ("model", "pretrained") if options[k] is not None}
+    if "model" in model:
+        overrides["model"] = {"name": model["model"], **({"pretrained": model["pretrained"]} if "pretrained" in model else {})}
+    elif "pretrained" in model:
+        overrides["model"] = {"pretrained": model["pretrained"]}
+    if options["no_cache"]:
+        overrides["use_cache"] = False
+    config = from_dict(RunConfig, merge(values, overrides), "config")
+
+    from cleanbench.runner import run_cell
+    from cleanbench.summary import cell_summary
+
+    command = "cleanbench " + shlex.join(sys.argv[1:])
+    card, path = run_cell(config, progress=not options["quiet"], command=command)
+    click.echo(cell_summary(card))
+    click.echo(f"run card: {path}")
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(["attacks", "defenses", "models"]))
+@click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers plugins.")
+def list_(kind: str | None, plugin: tuple[str, ...]) -> None:
+    """List registered attacks, defenses and models."""
+    for path in plugin:
+        load_plugin_file(path)
+    if kind in (None, "attacks"):
+        click.echo("attacks:")
+        for entry in ATTACKS.entries():
+            click.echo(_entry_line(entry, "paper"))
+    if kind in (None, "defenses"):
+        click.echo("defenses:")
+        for entry in DEFENSES.entries():
+            click.echo(_entry_line(entry, "source"))
+    if kind == "models":
+        from cleanbench.models import available_models
+
+        click.echo("models (open_clip architectures; cleanbench-tiny is the offline default):")
+        for name in available_models():
+            click.echo(f"  {name}")
+
+
+def _entry_line(entry, reference_attr: str) -> str:
+    if entry.error:
+        return f"  {entry.name:<20} BROKEN ({entry.source}): {entry.error}"
+    cls = entry.target
+    extra = f" [stage: {cls.stage}]" if hasattr(cls, "stage") and reference_attr == "source" else ""
+    origin = "" if entry.source == "builtin" else f" ({entry.source})"
+    return f"  {entry.name:<20} {cls.description}{extra}{origin}\n  {'':<20} source: {getattr(cls, reference_attr)}"
+
+
+@cli.command()
+@click.argument("results_dir", default="results", type=click.Path(file_okay=False))
+def results(results_dir: str) -> None:
+    """Print a table of the run cards under RESULTS_DIR."""
+    from cleanbench.leaderboard.cards import cards_table, load_cards
+
+    cards = load_cards(Path(results_dir))
+    if not cards:
+        raise UsageError(f"no run cards under {results_dir!r}; run `cleanbench run` first")
+    click.echo(cards_table(cards).to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the CLI and turn cleanbench errors into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="cleanbench", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except CleanbenchError as error:
+        if debug:
+            raise
+        click.echo(f"error: {error}", err=True)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Run configuration: dataclasses, strict parsing from YAML and command-line options.
+
+Every key is checked before any work starts: unknown keys get a did-you-mean hint, values must
+have the declared type. Command-line options override the YAML file, which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cleanbench.errors import UsageError
+from cleanbench.trainer import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    """Which data a cell uses; `embedded` is the procedural shapes dataset."""
+
+    source: str = "embedded"
+    preset: str = "easy"
+    image_size: int = 32
+    n_pretrain: int = 10_000
+    n_clean: int = 2_000
+    n_test: int = 2_000
+
+
+@dataclass
+class ModelConfig:
+    """An open_clip model name and optional pretrained tag or checkpoint path."""
+
+    name: str = "cleanbench-tiny"
+    pretrained: str | None = None
+
+
+@dataclass
+class RunConfig:
+    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it."""
+
+    attack: str = "badnet"
+    attack_options: dict[str, Any] = field(default_factory=dict)
+    defense: str = "cleanclip"
+    defense_options: dict[str, Any] = field(default_factory=dict)
+    poison_rate: float | None = 0.02
+    poison_count: int | None = None
+    target: str = "star"
+    seed: int = 0
+    device: str = "auto"
+    results_dir: str = "results"
+    cache_dir: str | None = None
+    use_cache: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """`value` converted to type `tp` (int -> float allowed), or UsageError naming `where`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                continue
+            try:
+                return _check_value(value, option, where)
+            except UsageError as error:
+                errors.append(str(error))
+        raise UsageError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is Any:
+        return value
+    raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type, values: Any, where: str = "config") -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UsageError(f"{where}: expected a mapping of options, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+            raise UsageError(f"{where}: unknown key {key!r}{hint}")
+        kwargs[key] = _check_value(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{where}: {error}") from error
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values of `override` win, nested mappings merge."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not key.endswith("_options"):
+            out[key] = merge(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path` (safe_load), or UsageError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{path}: malformed YAML{at}: {getattr(error, 'problem', error)}") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a mapping of options at the top level")
+    return values
+
+
+def parse_key_values(items: tuple[str, ...] | list[str], flag: str) -> dict[str, Any]:
+    """`["lr=1e-5", "epochs=3"]` -> `{"lr": 1e-05, "epochs": 3}`; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} lr=1e-5")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise UsageError(f"{flag} {item!r}: cannot parse the value: {error}") from error
+    return out
+
+
+def build_options(cls: type, values: dict[str, Any], where: str) -> Any:
+    """An options dataclass of a plugin from user values, validated."""
+    return from_dict(cls, values, where)
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Range checks that need more than a type."""
+    if config.poison_rate is not None and config.poison_count is not None:
+        raise UsageError("give either poison_rate or poison_count, not both")
+    if config.poison_rate is not None and not 0 < config.poison_rate <= 1:
+        raise UsageError(f"poison rate {config.poison_rate} is outside (0, 1]; e.g. --poison-rate 0.02 for 2 %")
+    if config.poison_count is not None and config.poison_count < 0:
+        raise UsageError(f"poison count {config.poison_count} must be >= 0")
+    if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
+        raise UsageError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N")
+    if Path(config.results_dir).exists() and not Path(config.results_dir).is_dir():
+        raise UsageError(f"results dir {config.results_dir!r} is a file; pass a folder to --results-dir")
+    for name in ("n_pretrain", "n_clean", "n_test", "image_size"):
+        if getattr(config.data, name) < 1:
+            raise UsageError(f"data.{name} must be >= 1")
+    if config.data.source != "embedded":
+        raise UsageError(f"data source {config.data.source!r} is not known; use 'embedded'")
+    for name in ("epochs", "batch_size"):
+        if getattr(config.pretrain, name) < 1:
+            raise UsageError(f"pretrain.{name} must be >= 1")
+    return config

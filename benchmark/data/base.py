@@ -1,0 +1,72 @@
+"""In-memory data containers shared by every stage.
+
+Images are uint8 tensors of shape (N, 3, H, W); stages convert them to float in [0, 1] when they
+need to (triggers work on floats in [0, 1], the model on normalised floats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class PairSet:
+    """Image-caption pairs; `labels` holds the class index of each image, or -1 where unknown."""
+
+    images: torch.Tensor
+    captions: list[str]
+    labels: torch.Tensor
+    classnames: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (len(self.images) == len(self.captions) == len(self.labels)):
+            raise ValueError(
+                f"PairSet parts differ in length: {len(self.images)} images, "
+                f"{len(self.captions)} captions, {len(self.labels)} labels"
+            )
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+@dataclass
+class ClassificationSet:
+    """Labelled test images with the class names and zero-shot prompt templates that score them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+    name: str = "test"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class BenchmarkData:
+    """Everything one benchmark cell reads: pretraining pairs, clean finetuning pairs, a test set."""
+
+    pretrain: PairSet
+    clean: PairSet
+    test: ClassificationSet
+    info: dict = field(default_factory=dict)
+
+
+
+def class_index(classnames: tuple[str, ...] | list[str], name_or_index: str | int) -> int:
+    """The index of a class given by name or index; ValueError when it is not in `classnames`."""
+    if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+        index = int(name_or_index)
+        if not 0 <= index < len(classnames):
+            raise ValueError(f"class index {index} is outside 0..{len(classnames) - 1}")
+        return index
+    if name_or_index not in classnames:
+        import difflib
+
+        close = difflib.get_close_matches(str(name_or_index), classnames, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"class {name_or_index!r} is not in the class list; {hint}classes: {', '.join(classnames)}")
+    return list(classnames).index(name_or_index)

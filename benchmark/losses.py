@@ -1,0 +1,51 @@
+"""Contrastive losses (reference spec section 3.1).
+
+With s the exponentiated, clamped logit scale and L2-normalised embeddings:
+- L_CLIP = 1/2 [CE(s I T^T, diag) + CE(s T I^T, diag)]  (open_clip's ClipLoss),
+- L_SS   = 1/2 [CE(s I I~^T, diag) + CE(s T T~^T, diag)]: rows are the originals, columns the
+  augmented views, one direction only, as in the CleanCLIP reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from open_clip.loss import ClipLoss
+from torch.nn import functional as F
+
+_CLIP_LOSS = ClipLoss()
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between matching image and text embeddings."""
+    return _CLIP_LOSS(image_features, text_features, logit_scale)
+
+
+def inmodal_loss(originals: torch.Tensor, views: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """One-directional InfoNCE: each original must pick its own augmented view among the batch's."""
+    logits = logit_scale * originals @ views.T
+    return F.cross_entropy(logits, torch.arange(len(originals), device=originals.device))
+
+
+def cleanclip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    image_view_features: torch.Tensor,
+    text_view_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    clip_weight: float = 1.0,
+    inmodal_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """lambda1 * L_CLIP (originals only) + lambda2 * L_SS; returns the total and both parts."""
+    parts: dict[str, torch.Tensor] = {}
+    total = image_features.new_zeros(())
+    if clip_weight:
+        parts["clip"] = clip_loss(image_features, text_features, logit_scale)
+        total = total + clip_weight * parts["clip"]
+    if inmodal_weight:
+        parts["inmodal"] = 0.5 * (
+            inmodal_loss(image_features, image_view_features, logit_scale)
+            + inmodal_loss(text_features, text_view_features, logit_scale)
+        )
+        total = total + inmodal_weight * parts["inmodal"]
+    parts["loss"] = total
+    return parts

@@ -1,0 +1,91 @@
+"""Poisoning: which training pairs get the trigger, and what their captions become.
+
+The plan is a pure function of the pairs, the attack's policy, the budget and a seed; its indices
+are recorded in the run card. Applying it pastes the trigger on the chosen images (stored as uint8,
+rounded, as poisoned image files are) and rewrites or keeps their captions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.data.base import PairSet
+from cleanbench.errors import UsageError
+from cleanbench.seeding import derive_seed, torch_generator
+
+
+@dataclass
+class PoisonPlan:
+    """The poisoned indices (sorted) and the caption each of them gets."""
+
+    indices: list[int]
+    captions: list[str]
+    target_index: int
+    target_name: str
+    candidates: int
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+    def indices_sha256(self) -> str:
+        return hashlib.sha256(",".join(map(str, self.indices)).encode()).hexdigest()
+
+
+def poison_budget(total: int, rate: float | None = None, count: int | None = None) -> int:
+    """The number of pairs to poison, from a rate in (0, 1] or a count; exactly one is given."""
+    if (rate is None) == (count is None):
+        raise UsageError("give exactly one of --poison-rate and --poison-count")
+    if count is not None:
+        if count < 0 or count > total:
+            raise UsageError(f"poison count {count} is outside 0..{total} (the training set size)")
+        return int(count)
+    if not 0 < rate <= 1:
+        raise UsageError(f"poison rate {rate} is outside (0, 1]; e.g. --poison-rate 0.02 for 2 %")
+    return max(1, round(rate * total))
+
+
+def plan_poison(
+    pairs: PairSet,
+    attack: Attack,
+    target_index: int,
+    target_name: str,
+    budget: int,
+    templates: Sequence[str],
+    seed: int,
+) -> PoisonPlan:
+    """Choose `budget` pairs among the attack's candidates, uniformly at random from `seed`."""
+    candidates = attack.candidates(pairs, target_index, target_name)
+    if attack.name == "none":
+        budget = 0
+    if budget > len(candidates):
+        raise UsageError(
+            f"attack {attack.name} can poison at most {len(candidates)} of {len(pairs)} pairs "
+            f"(target {target_name!r}), but {budget} were asked; lower --poison-rate or --poison-count"
+        )
+    generator = torch_generator(derive_seed(seed, "poison-select"))
+    chosen = candidates[torch.randperm(len(candidates), generator=generator)[:budget]]
+    indices = sorted(int(i) for i in chosen)
+    rng = random.Random(derive_seed(seed, "poison-captions"))
+    captions = [attack.poison_caption(pairs.captions[i], target_name, templates, rng) for i in indices]
+    return PoisonPlan(indices, captions, target_index, target_name, len(candidates))
+
+
+def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int, batch_size: int = 1024) -> PairSet:
+    """A copy of `pairs` with the plan's images triggered and captions replaced."""
+    images = pairs.images.clone()
+    captions = list(pairs.captions)
+    generator = torch_generator(derive_seed(seed, "poison-trigger"))
+    index = torch.tensor(plan.indices, dtype=torch.long)
+    for start in range(0, len(index), batch_size):
+        chunk = index[start : start + batch_size]
+        images[chunk] = trigger_uint8(attack, pairs.images[chunk], generator)
+    for i, caption in zip(plan.indices, plan.captions):
+        captions[i] = caption
+    return PairSet(images, captions, pairs.labels.clone(), pairs.classnames)

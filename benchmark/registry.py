@@ -1,0 +1,146 @@
+"""A typed, lazy registry of attacks and defenses.
+
+Names come from three places: built-ins (imported only when used), the entry-point groups
+`cleanbench.attacks` and `cleanbench.defenses` of installed packages, and plugin files loaded with
+`--plugin path.py` (which call `register_attack` / `register_defense`). An unknown name fails
+with a did-you-mean hint; a plugin that fails to import is reported with its error and skipped,
+so listing never crashes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from cleanbench.errors import RunError, UsageError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Entry:
+    """One registered name: where it comes from, and its class once loaded (or the import error)."""
+
+    name: str
+    source: str
+    target: str | type | None = None
+    error: str | None = None
+
+
+class Registry(Generic[T]):
+    """Plugins of one kind, by name."""
+
+    def __init__(self, kind: str, group: str, builtins: dict[str, str]) -> None:
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, Entry] = {name: Entry(name, "builtin", target) for name, target in builtins.items()}
+        self._entry_points_loaded = False
+
+    def register(self, cls: type[T], name: str | None = None, source: str = "plugin") -> type[T]:
+        """Register `cls` under `name` (default: its `name` attribute)."""
+        key = name or getattr(cls, "name", None)
+        if not key:
+            raise UsageError(f"{self.kind} plugin {cls.__name__} has no `name`; set a class attribute `name = '...'`")
+        self._entries[key] = Entry(key, source, cls)
+        return cls
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for point in entry_points(group=self.group):
+            dist = getattr(point.dist, "name", None) or "unknown package"
+            if point.name in self._entries and self._entries[point.name].source == "builtin":
+                continue
+            self._entries[point.name] = Entry(point.name, f"entry point of {dist}", point.value)
+
+    def entries(self) -> list[Entry]:
+        """Every registered name with its class or the error that stopped it from loading."""
+        self._load_entry_points()
+        for entry in self._entries.values():
+            self._resolve(entry)
+        return sorted(self._entries.values(), key=lambda e: e.name)
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def _resolve(self, entry: Entry) -> type | None:
+        if isinstance(entry.target, type) or entry.error:
+            return entry.target if isinstance(entry.target, type) else None
+        module_name, _, attribute = str(entry.target).partition(":")
+        try:
+            entry.target = getattr(importlib.import_module(module_name), attribute)
+        except Exception as error:  # a broken plugin must not break the others
+            entry.error = f"{type(error).__name__}: {error}"
+            return None
+        return entry.target
+
+    def get(self, name: str) -> type[T]:
+        """The class registered as `name`; UsageError with a did-you-mean hint if unknown."""
+        self._load_entry_points()
+        entry = self._entries.get(name)
+        if entry is None:
+            close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            raise UsageError(
+                f"unknown {self.kind} {name!r}; {hint}known: {', '.join(sorted(self._entries))} "
+                f"(see `cleanbench list {self.kind}s`)"
+            )
+        cls = self._resolve(entry)
+        if cls is None:
+            raise RunError(f"{self.kind} {name!r} ({entry.source}) failed to load: {entry.error}")
+        return cls
+
+
+ATTACKS: Registry = Registry(
+    "attack",
+    "cleanbench.attacks",
+    {
+        "none": "cleanbench.attacks.none:NoAttack",
+        "badnet": "cleanbench.attacks.badnet:BadNet",
+    },
+)
+DEFENSES: Registry = Registry(
+    "defense",
+    "cleanbench.defenses",
+    {
+        "none": "cleanbench.defenses.none:NoDefense",
+        "cleanclip": "cleanbench.defenses.cleanclip:CleanCLIP",
+    },
+)
+
+
+def register_attack(cls: type) -> type:
+    """Class decorator for plugin files: register an `Attack` subclass under its `name`."""
+    return ATTACKS.register(cls)
+
+
+def register_defense(cls: type) -> type:
+    """Class decorator for plugin files: register a `Defense` subclass under its `name`."""
+    return DEFENSES.register(cls)
+
+
+def load_plugin_file(path: str | Path) -> None:
+    """Import a plugin file; its `register_attack` / `register_defense` decorators register it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"plugin file {str(path)!r} does not exist; pass the path of a .py file to --plugin")
+    module_name = f"cleanbench_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"plugin file {str(path)!r} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise RunError(f"plugin file {str(path)!r} failed to import: {type(error).__name__}: {error}") from error
+

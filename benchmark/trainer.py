@@ -1,0 +1,158 @@
+"""The one trainer used for poisoned pretraining and for every finetuning defense.
+
+AdamW with the reference's weight-decay exclusions (parameters whose name contains `bn`, `ln`,
+`bias` or `logit_scale`), linear warm-up then cosine decay computed per step (without the
+reference's one-epoch offset, spec section 9 item 2), the logit scale clamped to [0, ln 100] after
+every step, AMP on CUDA (bf16 where supported), a tqdm bar, and a NaN check that stops at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cleanbench.errors import NonFiniteLossError
+from cleanbench.seeding import derive_seed, torch_generator
+
+Batch = dict[str, torch.Tensor]
+Objective = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation hyper-parameters of one training stage."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 62
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    max_logit_scale: float = 100.0
+
+
+@dataclass
+class TrainStats:
+    """What a training stage did and cost."""
+
+    stage: str
+    steps: int
+    seconds: float
+    items_per_second: float
+    final_loss: float
+    epoch_losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class InMemoryBatches:
+    """Shuffled batches of in-memory tensors (drop_last, as the reference's DataLoader)."""
+
+    def __init__(self, tensors: Batch, batch_size: int) -> None:
+        lengths = {len(t) for t in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors differ in length: {lengths}")
+        self.tensors = tensors
+        self.count = lengths.pop()
+        self.batch_size = min(batch_size, self.count)
+
+    def __len__(self) -> int:
+        return self.count // self.batch_size
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        order = torch.randperm(self.count, generator=generator)
+        for i in range(len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            batch = {k: t[index.to(t.device)] for k, t in self.tensors.items()}
+            batch["index"] = index
+            yield batch
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay for names containing bn, ln, bias or logit_scale (the reference's rule)."""
+    excluded = ("bn", "ln", "bias", "logit_scale")
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if any(word in name for word in excluded) else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to `base_lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / span)) * base_lr
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train(
+    model: nn.Module,
+    batches: InMemoryBatches,
+    objective: Objective,
+    config: TrainConfig,
+    *,
+    seed: int,
+    stage: str,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    items_per_pair: int = 1,
+) -> TrainStats:
+    """Train `model` in place with `objective` over `batches` for `config.epochs` epochs."""
+    device = torch.device(device)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        decay_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps
+    )
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    order = torch_generator(derive_seed(seed, stage, "batch-order"))
+    total = config.epochs * len(batches)
+    max_log_scale = math.log(config.max_logit_scale)
+    logit_scale = getattr(model, "logit_scale", None)
+    step, last, epoch_losses = 0, float("nan"), []
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=stage, disable=not progress, leave=False, unit="step")
+    for _ in range(config.epochs):
+        running, seen = 0.0, 0
+        for batch in batches.epoch(order):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config.lr, config.warmup_steps, total)
+            with _autocast(device):
+                loss = objective(model, batch)["loss"]
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                bar.close()
+                raise NonFiniteLossError(stage, step, value)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if logit_scale is not None:
+                with torch.no_grad():
+                    logit_scale.clamp_(0, max_log_scale)
+            running, seen, last = running + value, seen + 1, value
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{value:.3f}")
+        epoch_losses.append(running / max(1, seen))
+    bar.close()
+    seconds = time.perf_counter() - start
+    items = step * batches.batch_size * items_per_pair
+    return TrainStats(stage, step, seconds, items / max(seconds, 1e-9), last, epoch_losses)
