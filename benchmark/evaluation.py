@@ -13,7 +13,7 @@ import torch
 
 from cleanbench.attacks.base import Attack, trigger_uint8
 from cleanbench.data.base import ClassificationSet
-from cleanbench.metrics import proportion
+from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 
@@ -66,6 +66,7 @@ def evaluate(
         "ca_top5": proportion(int((clean_top == labels[:, None]).any(dim=1).sum()), n).to_dict(),
         "asr": proportion(int((triggered_top1 == target_index).sum()), m).to_dict(),
         "ra": proportion(int((triggered_top1 == labels[keep]).sum()), m).to_dict(),
+        "stealthiness": stealthiness(test.images[keep], triggered),
         "seconds": seconds,
         "images_per_second": (n + m) / max(seconds, 1e-9),
     }

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import math
+
+import torch
 from scipy.stats import binomtest
 
 
@@ -39,3 +42,23 @@ def proportion(successes: int, total: int, confidence: float = 0.95) -> Proporti
         raise ValueError(f"successes {successes} outside 0..{total}")
     interval = binomtest(successes, total).proportion_ci(confidence_level=confidence, method="wilson")
     return Proportion(successes, total, successes / total, float(interval.low), float(interval.high), confidence)
+
+
+def stealthiness(clean: torch.Tensor, triggered: torch.Tensor) -> dict[str, float]:
+    """Mean L-inf and L2 distance (images scaled to [0, 1]) and mean PSNR (dB) between image batches.
+
+    PSNR of an image pair that is identical is infinite; the mean is then taken over the changed
+    images only (NaN if none changed).
+    """
+    a = clean.double().flatten(1) / 255
+    b = triggered.double().flatten(1) / 255
+    diff = b - a
+    mse = diff.pow(2).mean(dim=1)
+    changed = mse > 0
+    psnr = 10 * torch.log10(1 / mse[changed]) if changed.any() else torch.tensor([math.nan])
+    return {
+        "linf": float(diff.abs().amax(dim=1).mean()),
+        "l2": float(diff.norm(dim=1).mean()),
+        "psnr_db": float(psnr.mean()),
+        "changed_fraction": float(changed.double().mean()),
+    }

@@ -105,6 +105,11 @@ ATTACKS: Registry = Registry(
     {
         "none": "cleanbench.attacks.none:NoAttack",
         "badnet": "cleanbench.attacks.badnet:BadNet",
+        "blended": "cleanbench.attacks.blended:Blended",
+        "wanet": "cleanbench.attacks.wanet:WaNet",
+        "label-consistent": "cleanbench.attacks.label_consistent:LabelConsistent",
+        "sig": "cleanbench.attacks.sig:SIG",
+        "solid-patch": "cleanbench.attacks.solid_patch:SolidPatch",
     },
 )
 DEFENSES: Registry = Registry(
@@ -113,6 +118,9 @@ DEFENSES: Registry = Registry(
     {
         "none": "cleanbench.defenses.none:NoDefense",
         "cleanclip": "cleanbench.defenses.cleanclip:CleanCLIP",
+        "finetune": "cleanbench.defenses.finetune:Finetune",
+        "unimodal": "cleanbench.defenses.unimodal:Unimodal",
+        "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
     },
 )
 
