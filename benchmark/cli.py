@@ -135,6 +135,9 @@ def results(results_dir: str) -> None:
     click.echo(cards_table(cards).to_string(index=False))
 
 
+# Commands defined in their own modules are attached here, one line each.
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the CLI and turn cleanbench errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
