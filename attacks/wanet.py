@@ -1,0 +1,93 @@
+"""WaNet: a fixed warping field applied with `grid_sample` (Nguyen & Tran 2021; CleanCLIP reference).
+
+Grid (spec section 1.3): ins ~ U(-1, 1) of shape (1, 2, k, k), divided by mean |ins|, bicubic
+upsampled to the image side (align_corners=True); identity grid from linspace(-1, 1) with channel 0
+the horizontal coordinate; grid = clamp((identity + s * noise / side) * grid_rescale, -1, 1);
+x' = grid_sample(x, grid, bilinear, align_corners=True). The grid is drawn once from the run seed
+(the reference's is unseeded, or loaded from its shipped file) and is the same for poisoning and test.
+
+- `variant="reference"`: k = the image side and s = 1, i.e. an i.i.d. per-pixel jitter of up to
+  about 1 px (mean |g| = 1, range about +-2) -- not a smooth warp.
+- `variant="original"`: k = 4 and s = 0.5, the smooth low-frequency warp of the WaNet paper
+  (without its "noise mode" training samples, which the reference does not have either).
+
+`k` and `s` override the variant's values. `s` is a displacement in pixels of the image being
+triggered (both codes divide by the input height), so it is not scaled to 224 px: the reference's
+per-pixel jitter stays a one-pixel jitter at 32 px instead of vanishing to 1/7 px.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cleanbench.attacks.base import Attack
+
+VARIANTS: dict[str, tuple[int | None, float]] = {"reference": (None, 1.0), "original": (4, 0.5)}
+"""Variant -> (k, s); k None means the image side."""
+
+
+@dataclass
+class WaNetOptions:
+    """Options of the WaNet warp; `k` and `s` default to the variant's values."""
+
+    variant: str = "reference"
+    k: int | None = None
+    s: float | None = None
+    grid_rescale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be 'reference' or 'original', not {self.variant!r}")
+        if self.k is not None and self.k < 2:
+            raise ValueError(f"k (control grid side) must be >= 2, not {self.k}")
+        if self.s is not None and self.s < 0:
+            raise ValueError(f"s (warp strength in pixels) must be >= 0, not {self.s}")
+        if self.grid_rescale <= 0:
+            raise ValueError(f"grid_rescale must be > 0, not {self.grid_rescale}")
+
+
+def warp_grid(k: int, s: float, side: int, grid_rescale: float, generator: torch.Generator) -> torch.Tensor:
+    """The (1, side, side, 2) sampling grid of WaNet from a k x k control grid of strength s."""
+    ins = torch.rand(1, 2, k, k, generator=generator) * 2 - 1
+    ins = ins / ins.abs().mean()
+    noise = F.interpolate(ins, size=side, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    axis = torch.linspace(-1, 1, side)
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    identity = torch.stack((cols, rows), dim=2)[None]
+    return torch.clamp((identity + s * noise / side) * grid_rescale, -1, 1)
+
+
+class WaNet(Attack):
+    """A fixed seeded warp: per-pixel jitter (reference) or a smooth warp (original WaNet)."""
+
+    name = "wanet"
+    description = "fixed warping field from the run seed: per-pixel jitter (reference, k=side, s=1) or smooth warp (k=4, s=0.5)"
+    paper = "Nguyen & Tran, WaNet - Imperceptible Warping-based Backdoor Attack, ICLR 2021; CleanCLIP reference"
+    Options = WaNetOptions
+
+    def setup(self, generator: torch.Generator) -> None:
+        default_k, default_s = VARIANTS[self.options.variant]
+        self.k = self.options.k or default_k or self.image_size
+        self.s = default_s if self.options.s is None else self.options.s
+        self.grid = warp_grid(self.k, self.s, self.image_size, self.options.grid_rescale, generator)
+
+    def sample(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {}
+
+    def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        if images.shape[-2:] != self.grid.shape[1:3]:
+            raise ValueError(f"WaNet grid is {self.image_size} px but the images are {tuple(images.shape[-2:])}")
+        grid = self.grid.to(images.device, images.dtype).expand(len(images), -1, -1, -1)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def max_displacement(self) -> float:
+        """The largest sampling offset of the grid along one axis, in pixels."""
+        identity = warp_grid(self.k, 0.0, self.image_size, 1.0, torch.Generator())
+        return float((self.grid - identity).abs().amax() * (self.image_size - 1) / 2)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "k": self.k, "s_pixels": self.s,
+                "max_displacement_pixels": round(self.max_displacement(), 4)}
