@@ -136,6 +136,7 @@ def results(results_dir: str) -> None:
 
 
 # Commands defined in their own modules are attached here, one line each.
+from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
 
 
 def main(argv: list[str] | None = None) -> int:

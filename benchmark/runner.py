@@ -19,7 +19,7 @@ from cleanbench.config import RunConfig, build_options, validate
 from cleanbench.data.base import class_index
 from cleanbench.data.embedded import load_embedded
 from cleanbench.data.shapes import SHAPES
-from cleanbench.defenses.base import Defense, DefenseContext
+from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.evaluation import evaluate
 from cleanbench.losses import clip_loss
@@ -191,7 +191,11 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     log(f"poisoned model: CA {before['ca_top1']['value']:.1%}  ASR {before['asr']['value']:.1%}")
 
     defense = plan.defense_cls(plan.defense_options)
-    context = DefenseContext(data.clean, plan.device, derive_seed(c.seed, "defense"), progress)
+    context = DefenseContext(
+        data.clean, plan.device, derive_seed(c.seed, "defense"), progress, needs=frozenset(defense.needs),
+        defense_name=c.defense,
+        restricted=restricted_data(poisoned_pairs, poison.indices, data.test, attack, target_index, c.seed),
+    )
     start = time.perf_counter()
     card["stage"] = f"defense {c.defense!r}"
     bundle.model = defense.apply(copy.copy(bundle), context)

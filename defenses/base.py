@@ -3,32 +3,99 @@
 A defense declares its stage, what it needs, and its hyper-parameters as a dataclass with the
 reference's defaults, and turns a model into a defended model in `apply`. Finetuning defenses
 share one trainer (`DefenseContext.finetune`) and differ only in objective and views.
+
+Every defense may read the clean finetuning pairs (`context.clean`). What a real defender would not
+have is reachable only through accessors that check the defense's `needs` and record each read:
+`context.pretrain_pairs()` (the poisoned training pairs as the model saw them; for data-filtering
+defenses), `context.poison_indices()` (which of them are poisoned: an oracle) and
+`context.poisoned_test()` (the test images with the trigger: an oracle). Reading one that is not
+declared raises `UndeclaredAccessError`; `cleanbench check-plugin` checks this too.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from cleanbench.data.base import PairSet
+from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.data.base import ClassificationSet, PairSet
+from cleanbench.errors import RunError
 from cleanbench.models import ModelBundle
+from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, train
+
+CLEAN_PAIRS = "clean_pairs"
+PRETRAIN_PAIRS = "pretrain_pairs"
+POISON_INDICES = "poison_indices"
+POISONED_TEST = "poisoned_test"
+KNOWN_NEEDS = frozenset({CLEAN_PAIRS, PRETRAIN_PAIRS, POISON_INDICES, POISONED_TEST})
+"""What a defense can declare in `needs`; all but `clean_pairs` are guarded by accessors."""
+
+
+class UndeclaredAccessError(RunError):
+    """A defense read run data that it did not declare in `needs`."""
+
+    def __init__(self, defense: str, name: str) -> None:
+        super().__init__(
+            f"defense {defense!r} read {name} without declaring it; add {name!r} to the class's `needs` "
+            f"(e.g. needs = frozenset({{'clean_pairs', {name!r}}})) if it really needs it"
+        )
+        self.name = name
+
+
+@dataclass
+class PoisonedTest:
+    """The test images whose class is not the target, with the trigger applied (an oracle)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    target_index: int
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
 
 
 @dataclass
 class DefenseContext:
-    """What a defense may use: the clean finetuning pairs, the device, the seed, the trainer."""
+    """What a defense may use: the clean finetuning pairs, the device, the seed, the trainer, and the
+    guarded run data that it declared in `needs`."""
 
     clean: PairSet
     device: torch.device
     seed: int
     progress: bool = True
+    needs: frozenset[str] = frozenset({CLEAN_PAIRS})
+    defense_name: str = "defense"
+    restricted: Mapping[str, Callable[[], Any]] = field(default_factory=dict, repr=False)
     stats: list[TrainStats] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    reads: list[str] = field(default_factory=list)
+
+    def _read(self, name: str) -> Any:
+        if name not in self.reads:
+            self.reads.append(name)
+        if name not in self.needs:
+            raise UndeclaredAccessError(self.defense_name, name)
+        if name not in self.restricted:
+            raise RunError(f"defense {self.defense_name!r} needs {name}, which this run does not provide")
+        self.notes["restricted_reads"] = list(self.reads)
+        return self.restricted[name]()
+
+    def pretrain_pairs(self) -> PairSet:
+        """The (poisoned) pretraining pairs as the model saw them; needs `pretrain_pairs`."""
+        return self._read(PRETRAIN_PAIRS)
+
+    def poison_indices(self) -> torch.Tensor:
+        """Indices of the poisoned pairs in `pretrain_pairs()` (ground truth); needs `poison_indices`."""
+        return self._read(POISON_INDICES)
+
+    def poisoned_test(self) -> PoisonedTest:
+        """The triggered non-target test images (ground truth of the attack); needs `poisoned_test`."""
+        return self._read(POISONED_TEST)
 
     def finetune(
         self,
@@ -49,7 +116,13 @@ class DefenseContext:
 
 
 class Defense(ABC):
-    """Base class of defenses; subclasses set the class attributes and implement `apply`."""
+    """Base class of defenses; subclasses set the class attributes and implement `apply`.
+
+    `name`, `description`, `source` (paper or author) and `stage` are shown by `cleanbench list`;
+    `needs` declares the run data the defense reads (see `KNOWN_NEEDS`); `Options` is a dataclass of
+    hyper-parameters with defaults (`--defense-opt KEY=VALUE`, YAML `defense_options:`); `version`
+    is part of the cache key of results, so bump it when the defense's behaviour changes.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -67,4 +140,23 @@ class Defense(ABC):
         """Return the defended model (it may be `bundle.model`, changed in place)."""
 
     def describe(self) -> dict[str, Any]:
-        return {"options": asdict(self.options), "stage": self.stage, "version": self.version}
+        """Options, stage, needs and version, for the run card."""
+        return {"options": asdict(self.options), "stage": self.stage, "needs": sorted(self.needs), "version": self.version}
+
+
+def restricted_data(
+    pretrain: PairSet, poison_indices: list[int], test: ClassificationSet, attack: Attack, target_index: int, seed: int
+) -> dict[str, Callable[[], Any]]:
+    """Lazy providers of the guarded run data, for `DefenseContext.restricted`."""
+
+    def poisoned_test() -> PoisonedTest:
+        keep = test.labels != target_index
+        generator = torch_generator(derive_seed(seed, "defense", "poisoned-test"))
+        images = trigger_uint8(attack, test.images[keep], generator)
+        return PoisonedTest(images, test.labels[keep], target_index, test.classnames, test.templates)
+
+    return {
+        PRETRAIN_PAIRS: lambda: pretrain,
+        POISON_INDICES: lambda: torch.tensor(poison_indices, dtype=torch.long),
+        POISONED_TEST: poisoned_test,
+    }

@@ -2,6 +2,6 @@
 # Set up and run the test suite on a fresh machine (this is the command README.md gives and CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test]" -e ./examples/cleanbench-example-defense
 export HF_HUB_OFFLINE=1
 python -m pytest -q "$@"

@@ -1,0 +1,275 @@
+"""`cleanbench check-plugin NAME`: does a defense keep the contract? A check on a tiny
+configuration (a badnet-poisoned tiny CLIP on 256 pairs) that takes seconds on a CPU.
+
+Checks, in order; the first failure stops the check and is the one reported:
+1. `loads`: NAME resolves to a `Defense` subclass with name, description, source and stage, an
+   `Options` dataclass that builds from its defaults (plus `--defense-opt`), and `needs` drawn
+   from `KNOWN_NEEDS`.
+2. `reads`: it read none of the guarded run data (pretraining pairs, poison indices, poisoned test
+   set) that it does not declare in `needs`. Every provider is wrapped to record reads, so reading
+   `context.restricted` directly is caught too.
+3. `applies`: `apply` returns an `nn.Module` without raising.
+4. `architecture`: the same class as the model it was given, with the same tensors and shapes.
+5. `evaluates`: zero-shot evaluation runs on it and its embeddings are finite.
+6. `deterministic`: a second run with the same seed, after the global random generators were
+   scrambled, gives bit-identical weights.
+Then it reports the cost: seconds per apply, training steps and throughput.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from cleanbench.config import parse_key_values
+from cleanbench.errors import RunError
+from cleanbench.registry import DEFENSES, load_plugin_file
+
+TINY_DATA = dict(n_pretrain=256, n_clean=128, n_test=100, image_size=32, preset="easy")
+TINY_POISON_RATE = 0.05
+
+
+class ConformanceFailure(RunError):
+    """A defense failed one conformance check."""
+
+    def __init__(self, name: str, check: str, reason: str) -> None:
+        super().__init__(f"check-plugin {name!r} FAILED at {check}: {reason}")
+        self.check = check
+        self.reason = reason
+
+
+@dataclass
+class Report:
+    """What the check found: passed checks as (check, detail) lines, and the cost."""
+
+    name: str
+    passed: list[tuple[str, str]] = field(default_factory=list)
+    cost: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Setup:
+    """The tiny poisoned world every apply starts from."""
+
+    data: Any
+    bundle: Any
+    attack: Any
+    target_index: int
+    poisoned_pairs: Any
+    poison_indices: list[int]
+
+
+def _tiny_setup(seed: int, device: Any) -> _Setup:
+    import torch
+
+    from cleanbench.data.base import class_index
+    from cleanbench.data.embedded import load_embedded
+    from cleanbench.losses import clip_loss
+    from cleanbench.models import build_model
+    from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
+    from cleanbench.registry import ATTACKS
+    from cleanbench.seeding import derive_seed, seed_everything
+    from cleanbench.trainer import InMemoryBatches, TrainConfig, train
+
+    data = load_embedded(seed, **TINY_DATA)
+    target_index = class_index(data.test.classnames, "star")
+    attack_cls = ATTACKS.get("badnet")
+    attack = attack_cls(attack_cls.Options(), TINY_DATA["image_size"], seed)
+    budget = poison_budget(len(data.pretrain), TINY_POISON_RATE)
+    poison = plan_poison(data.pretrain, attack, target_index, "star", budget, data.test.templates, seed)
+    pairs = apply_poison(data.pretrain, poison, attack, seed)
+    seed_everything(derive_seed(seed, "init"))
+    bundle = build_model(device=str(device))
+
+    def objective(model: torch.nn.Module, batch: dict) -> dict:
+        images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
+        texts = model.encode_text(batch["tokens"], normalize=True)
+        return {"loss": clip_loss(images, texts, model.logit_scale.exp())}
+
+    batches = InMemoryBatches({"images": pairs.images.to(device), "tokens": bundle.tokenizer(pairs.captions).to(device)}, 64)
+    train(bundle.model, batches, objective, TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
+          seed=derive_seed(seed, "pretrain"), stage="pretrain", device=device, progress=False)
+    return _Setup(data, bundle, attack, target_index, pairs, list(poison.indices))
+
+
+def _scramble_global_generators(value: int) -> None:
+    """Different global random states, so a defense that does not seed itself shows up."""
+    import numpy as np
+    import torch
+
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def _load(name: str, overrides: dict[str, Any]) -> tuple[type, Any, str]:
+    from cleanbench.config import build_options
+    from cleanbench.defenses.base import KNOWN_NEEDS, Defense
+
+    try:
+        cls = DEFENSES.get(name)
+    except RunError as error:
+        raise ConformanceFailure(name, "loads", str(error)) from error
+    if not (isinstance(cls, type) and issubclass(cls, Defense)):
+        raise ConformanceFailure(name, "loads", f"{cls!r} is not a subclass of cleanbench.defenses.Defense")
+    for attribute in ("name", "description", "source", "stage"):
+        if not isinstance(getattr(cls, attribute, None), str) or not getattr(cls, attribute):
+            raise ConformanceFailure(name, "loads", f"class attribute `{attribute}` must be a non-empty string")
+    if not dataclasses.is_dataclass(getattr(cls, "Options", None)):
+        raise ConformanceFailure(name, "loads", "class attribute `Options` must be a dataclass of hyper-parameters")
+    needs = getattr(cls, "needs", None)
+    if not isinstance(needs, (set, frozenset)) or not set(needs) <= KNOWN_NEEDS:
+        raise ConformanceFailure(
+            name, "loads", f"`needs` must be a frozenset drawn from {', '.join(sorted(KNOWN_NEEDS))}; got {needs!r}"
+        )
+    try:
+        options = build_options(cls.Options, overrides, f"defense {name!r} options")
+    except Exception as error:
+        raise ConformanceFailure(name, "loads", f"options do not build: {error}") from error
+    entry = next((e for e in DEFENSES.entries() if e.name == name), None)
+    return cls, options, entry.source if entry else "plugin"
+
+
+def _apply_once(cls: type, options: Any, setup: _Setup, seed: int, device: Any, scramble: int):
+    from cleanbench.defenses.base import DefenseContext, restricted_data
+    from cleanbench.seeding import derive_seed
+
+    recorded: list[str] = []
+
+    def recording(key: str, provide: Callable[[], Any]) -> Callable[[], Any]:
+        def read() -> Any:
+            recorded.append(key)
+            return provide()
+
+        return read
+
+    providers = restricted_data(setup.poisoned_pairs, setup.poison_indices, setup.data.test, setup.attack,
+                                setup.target_index, seed)
+    context = DefenseContext(
+        setup.data.clean, device, derive_seed(seed, "defense"), progress=False, needs=frozenset(cls.needs),
+        defense_name=cls.name, restricted={k: recording(k, v) for k, v in providers.items()},
+    )
+    bundle = dataclasses.replace(setup.bundle, model=copy.deepcopy(setup.bundle.model))
+    _scramble_global_generators(scramble)
+    start = time.perf_counter()
+    error: Exception | None = None
+    try:
+        model = cls(options).apply(copy.copy(bundle), context)
+    except Exception as raised:  # reported below, after the reads are known
+        model, error = None, raised
+    seconds = time.perf_counter() - start
+    undeclared = sorted(set(recorded) - set(cls.needs))
+    return bundle, model, context, seconds, undeclared, error
+
+
+def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int = 0,
+                  log: Callable[[str], None] = lambda line: None) -> Report:
+    """Run the conformance checks on defense `name`; raises `ConformanceFailure` at the first failure."""
+    import torch
+
+    from cleanbench.evaluation import evaluate
+
+    device = torch.device("cpu")
+    report = Report(name)
+
+    def passed(check: str, detail: str) -> None:
+        report.passed.append((check, detail))
+        log(f"  ok    {check}: {detail}")
+
+    cls, options, source = _load(name, overrides or {})
+    passed("loads", f"{cls.__name__} ({source}), stage {cls.stage!r}, needs {', '.join(sorted(cls.needs)) or 'nothing'}")
+    setup = _tiny_setup(seed, device)
+    reference = copy.deepcopy(setup.bundle.model.state_dict())
+
+    bundle, model, context, seconds, undeclared, error = _apply_once(cls, options, setup, seed, device, scramble=1)
+    if undeclared:
+        raise ConformanceFailure(name, "reads", f"read {', '.join(undeclared)} without declaring it in `needs`")
+    declared = sorted(set(cls.needs) - {"clean_pairs"})
+    passed("reads", "only what it declares" + (f" ({', '.join(declared)})" if declared else " (the clean pairs)"))
+    if error is not None:
+        raise ConformanceFailure(name, "applies", f"apply raised {type(error).__name__}: {error}")
+    if not isinstance(model, torch.nn.Module):
+        raise ConformanceFailure(name, "applies", f"apply must return an nn.Module, not {type(model).__name__}")
+    passed("applies", f"returned a {type(model).__name__} in {seconds:.1f} s")
+
+    expected = type(setup.bundle.model)
+    if type(model) is not expected:
+        raise ConformanceFailure(name, "architecture", f"returned a {type(model).__name__}, not a {expected.__name__}")
+    state = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    wanted = {k: tuple(v.shape) for k, v in reference.items()}
+    if shapes != wanted:
+        missing, extra = sorted(set(wanted) - set(shapes)), sorted(set(shapes) - set(wanted))
+        changed = sorted(k for k in set(wanted) & set(shapes) if wanted[k] != shapes[k])
+        detail = "; ".join(f"{label}: {', '.join(keys[:3])}" for label, keys in
+                           (("missing", missing), ("unexpected", extra), ("reshaped", changed)) if keys)
+        raise ConformanceFailure(name, "architecture", f"the state dict differs from the input model's ({detail})")
+    passed("architecture", f"same class, {len(state)} tensors of the same shapes")
+
+    bundle.model = model
+    try:
+        metrics = evaluate(bundle, setup.data.test, setup.attack, setup.target_index, seed, device)
+        with torch.no_grad():
+            images = model.encode_image(bundle.model_input(setup.data.test.images[:16]), normalize=True)
+            texts = model.encode_text(bundle.tokenizer(setup.data.clean.captions[:16]), normalize=True)
+    except Exception as raised:
+        raise ConformanceFailure(name, "evaluates", f"evaluation raised {type(raised).__name__}: {raised}") from raised
+    if not (torch.isfinite(images).all() and torch.isfinite(texts).all()):
+        raise ConformanceFailure(name, "evaluates", "the defended model's embeddings are not finite")
+    passed("evaluates", f"CA {metrics['ca_top1']['value']:.1%}, ASR {metrics['asr']['value']:.1%} "
+                        "(tiny configuration: the numbers say nothing about the defense)")
+
+    _, again, _, _, _, error = _apply_once(cls, options, setup, seed, device, scramble=2)
+    if error is not None:
+        raise ConformanceFailure(name, "deterministic", f"the second run raised {type(error).__name__}: {error}")
+    for key, value in again.state_dict().items():
+        if not torch.equal(value, state[key]):
+            diff = (value.float() - state[key].float()).abs().max().item()
+            raise ConformanceFailure(
+                name, "deterministic", f"two runs with seed {seed} differ in {key} (max |diff| {diff:.3g}); derive "
+                "every random draw from context.seed (e.g. cleanbench.seeding.torch_generator(derive_seed(...)))"
+            )
+    passed("deterministic", f"a second run with seed {seed} gave identical weights")
+
+    steps = sum(s.steps for s in context.stats)
+    train_seconds = sum(s.seconds for s in context.stats)
+    items = sum(s.items_per_second * s.seconds for s in context.stats)
+    changed = sum(not torch.equal(v, reference[k]) for k, v in state.items())
+    report.cost = {"apply_seconds": seconds, "training_steps": steps, "training_seconds": train_seconds,
+                   "items_per_second": items / train_seconds if train_seconds else math.nan,
+                   "tensors_changed": changed, "tensors": len(state), "device": str(device),
+                   "threads": torch.get_num_threads()}
+    return report
+
+
+@click.command("check-plugin")
+@click.argument("name")
+@click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers the defense; repeatable.")
+@click.option("--defense-opt", multiple=True, metavar="KEY=VALUE", help="Defense option for the check, e.g. epochs=1; repeatable.")
+@click.option("--seed", type=int, default=0, help="Seed of the tiny configuration.")
+def check_plugin(name: str, plugin: tuple[str, ...], defense_opt: tuple[str, ...], seed: int) -> None:
+    """Check that defense NAME keeps the contract, on a tiny configuration on the CPU (seconds).
+
+    Prints each passed check and the cost, then PASS; or fails with the first check that did not
+    pass and why (exit 1).
+    """
+    for path in plugin:
+        load_plugin_file(path)
+    overrides = parse_key_values(defense_opt, "--defense-opt")
+    click.echo(f"check-plugin {name!r}: tiny badnet configuration on cpu, seed {seed}")
+    report = check_defense(name, overrides, seed, log=click.echo)
+    cost = report.cost
+    click.echo(
+        f"  cost  {cost['apply_seconds']:.1f} s per apply ({cost['device']}, {cost['threads']} threads), "
+        f"{cost['training_steps']} training steps at {cost['items_per_second']:.0f} items/s, "
+        f"{cost['tensors_changed']} of {cost['tensors']} tensors changed"
+    )
+    click.echo(f"PASS {name}")
