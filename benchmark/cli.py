@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
-from cleanbench.errors import CleanbenchError, UsageError
+from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.registry import ATTACKS, DEFENSES, load_plugin_file
 
 DEFAULTS = RunConfig()
@@ -37,9 +37,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--attack", default=DEFAULTS.attack, help="Attack name (see `cleanbench list attacks`).")
+@click.option("--attack", default=None, help=f"Attack name (see `cleanbench list attacks`) [default: {DEFAULTS.attack}].")
 @click.option("--attack-opt", multiple=True, metavar="KEY=VALUE", help="Attack option, e.g. patch_size=16; repeatable.")
-@click.option("--defense", default=DEFAULTS.defense, help="Defense name (see `cleanbench list defenses`).")
+@click.option("--defense", default=None, help=f"Defense name (see `cleanbench list defenses`) [default: {DEFAULTS.defense}].")
 @click.option("--defense-opt", multiple=True, metavar="KEY=VALUE", help="Defense option, e.g. lr=1e-3; repeatable.")
 @click.option("--poison-rate", type=float, default=None, help=f"Fraction of training pairs poisoned, in (0, 1] [default: {DEFAULTS.poison_rate}].")
 @click.option("--poison-count", type=int, default=None, help="Number of poisoned pairs (instead of a rate).")
@@ -97,7 +97,10 @@ def run(**options) -> None:
 def list_(kind: str | None, plugin: tuple[str, ...]) -> None:
     """List registered attacks, defenses and models."""
     for path in plugin:
-        load_plugin_file(path)
+        try:
+            load_plugin_file(path)
+        except RunError as error:  # reported, and the rest is still listed
+            click.echo(f"BROKEN: {error}")
     if kind in (None, "attacks"):
         click.echo("attacks:")
         for entry in ATTACKS.entries():
@@ -137,6 +140,7 @@ def results(results_dir: str) -> None:
 
 # Commands defined in their own modules are attached here, one line each.
 from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
+from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 130
     except click.ClickException as error:
-        error.show()
+        command = getattr(getattr(error, "ctx", None), "command_path", "cleanbench")
+        click.echo(f"error: {error.format_message()} (see `{command} --help`)", err=True)
         return error.exit_code
     except CleanbenchError as error:
         if debug:

@@ -82,8 +82,8 @@ def tokenizer_for(name: str) -> Callable[[Sequence[str]], torch.Tensor]:
     return open_clip.get_tokenizer(name)
 
 
-def build_model(name: str = TINY_MODEL, pretrained: str | None = None, device: str = "cpu") -> ModelBundle:
-    """Build model `name` (random init, or `pretrained` tag/file) on `device`."""
+def check_model(name: str, pretrained: str | None = None) -> None:
+    """UsageError unless open_clip knows `name` (and `pretrained` fits it); no weights are read."""
     if name not in open_clip.list_models():
         import difflib
 
@@ -92,6 +92,11 @@ def build_model(name: str = TINY_MODEL, pretrained: str | None = None, device: s
         raise UsageError(f"unknown model {name!r}{hint}")
     if pretrained and name == TINY_MODEL and not os.path.isfile(pretrained):
         raise UsageError(f"{TINY_MODEL} has no pretrained tags; pass a checkpoint file with --pretrained PATH")
+
+
+def build_model(name: str = TINY_MODEL, pretrained: str | None = None, device: str = "cpu") -> ModelBundle:
+    """Build model `name` (random init, or `pretrained` tag/file) on `device`."""
+    check_model(name, pretrained)
     try:
         with _quiet_root_logger(pretrained is None):
             model = open_clip.create_model(name, pretrained=pretrained, device=device)

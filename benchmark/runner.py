@@ -23,7 +23,7 @@ from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.evaluation import evaluate
 from cleanbench.losses import clip_loss
-from cleanbench.models import ModelBundle, build_model
+from cleanbench.models import ModelBundle, build_model, check_model
 from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.seeding import derive_seed, seed_everything
@@ -58,6 +58,7 @@ class Plan:
             self.defense_cls.Options, config.defense_options, f"defense {config.defense!r} options"
         )
         self.device = resolve_device(config.device)
+        check_model(config.model.name, config.model.pretrained)
         if config.data.source == "embedded":
             try:
                 target_index = class_index(SHAPES, config.target)
