@@ -49,15 +49,18 @@ class WaNetOptions:
             raise ValueError(f"grid_rescale must be > 0, not {self.grid_rescale}")
 
 
-def warp_grid(k: int, s: float, side: int, grid_rescale: float, generator: torch.Generator) -> torch.Tensor:
-    """The (1, side, side, 2) sampling grid of WaNet from a k x k control grid of strength s."""
+def noise_grid(k: int, side: int, generator: torch.Generator) -> torch.Tensor:
+    """(1, side, side, 2) offsets: U(-1, 1) on a k x k grid, divided by mean |.|, bicubic upsampled."""
     ins = torch.rand(1, 2, k, k, generator=generator) * 2 - 1
     ins = ins / ins.abs().mean()
-    noise = F.interpolate(ins, size=side, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    return F.interpolate(ins, size=side, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+
+
+def identity_grid(side: int) -> torch.Tensor:
+    """(1, side, side, 2) grid that samples every pixel at its own place (channel 0: horizontal)."""
     axis = torch.linspace(-1, 1, side)
     rows, cols = torch.meshgrid(axis, axis, indexing="ij")
-    identity = torch.stack((cols, rows), dim=2)[None]
-    return torch.clamp((identity + s * noise / side) * grid_rescale, -1, 1)
+    return torch.stack((cols, rows), dim=2)[None]
 
 
 class WaNet(Attack):
@@ -72,7 +75,9 @@ class WaNet(Attack):
         default_k, default_s = VARIANTS[self.options.variant]
         self.k = self.options.k or default_k or self.image_size
         self.s = default_s if self.options.s is None else self.options.s
-        self.grid = warp_grid(self.k, self.s, self.image_size, self.options.grid_rescale, generator)
+        self.noise = noise_grid(self.k, self.image_size, generator)
+        grid = (identity_grid(self.image_size) + self.s * self.noise / self.image_size) * self.options.grid_rescale
+        self.grid = grid.clamp(-1, 1)
 
     def sample(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return {}
@@ -85,8 +90,8 @@ class WaNet(Attack):
 
     def max_displacement(self) -> float:
         """The largest sampling offset of the grid along one axis, in pixels."""
-        identity = warp_grid(self.k, 0.0, self.image_size, 1.0, torch.Generator())
-        return float((self.grid - identity).abs().amax() * (self.image_size - 1) / 2)
+        offset = self.grid - identity_grid(self.image_size)
+        return float(offset.abs().amax() * (self.image_size - 1) / 2)
 
     def describe(self) -> dict:
         return {**super().describe(), "k": self.k, "s_pixels": self.s,
