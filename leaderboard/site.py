@@ -1,0 +1,247 @@
+"""The static leaderboard site: Jinja2 templates (autoescaped) rendered from run cards alone.
+
+The site opens from file:// with no network: relative links, one small hand-written script and
+style sheet, SVG plots, and CSV/JSON downloads of the full table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from cleanbench.errors import UsageError
+from cleanbench.leaderboard.cards import scan_cards
+from cleanbench.leaderboard.plots import draw_all
+from cleanbench.leaderboard.table import METRICS, NOT_RUN, leaderboard_table, slug
+
+MARKER = ".cleanbench-site"
+GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses", "plots", "static")
+PERCENT = {"ca", "asr", "ra"}
+POINTS = {"d_ca", "d_asr"}
+METHODS = {
+    "wilson": "one seed: 95% Wilson interval of its counts",
+    "t": "95% t-interval across seeds",
+    "propagated": "one seed: 95% Wilson bounds of the defended model pushed through the formula",
+    "none": "no interval (one seed)",
+}
+HELP = {
+    "ca": "Clean accuracy: zero-shot top-1 on clean test images, after the defense.",
+    "asr": "Attack success rate: triggered non-target test images predicted as the target class, after the defense.",
+    "ra": "Robust accuracy: triggered non-target test images predicted as their true class, after the defense.",
+    "d_ca": "Change in CA against the undefended model (defended - undefended), in percentage points.",
+    "d_asr": "Change in ASR against the undefended model (defended - undefended), in percentage points.",
+    "der": "Defense effectiveness rating, [max(0, ASR drop) - max(0, CA drop) + 1] / 2: 1 best, 0.5 no change.",
+    "seconds": "Wall time of the defense stage, in seconds (mean over seeds).",
+}
+
+
+@dataclass
+class BuildReport:
+    """What a build produced, and which card files it skipped and why."""
+
+    site_dir: Path
+    cards: int
+    rows: int
+    figures: int
+    pages: int
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("cleanbench.leaderboard", "templates"),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda v: "N/A" if _missing(v) else f"{100 * v:.1f}%"
+    env.filters["pretty"] = lambda v: json.dumps(_plain(v), indent=2, ensure_ascii=False)
+    env.filters["secs"] = lambda v: "N/A" if _missing(v) else f"{v:.1f} s"
+    env.filters["slug"] = slug
+    return env
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None, private `_` keys are dropped."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _number(prefix: str, value: float) -> str:
+    if prefix in PERCENT:
+        return f"{100 * value:.1f}"
+    if prefix in POINTS:
+        return f"{100 * value:+.1f}"
+    if prefix == "der":
+        return f"{value:.3f}"
+    return f"{value:.1f}"
+
+
+def _metric_cell(row: pd.Series, prefix: str) -> dict[str, Any]:
+    """Display of one metric: mean, std, interval, sort key, best mark, or N/A with its reason."""
+    mean = row[f"{prefix}_mean"]
+    if _missing(mean):
+        reason = row["status"] if row["status"] != "ok" else ("no undefended reference" if prefix in ("d_ca", "d_asr", "der")
+                                                             else "not recorded")
+        return {"na": True, "reason": reason, "title": row["note"] or reason, "sort": ""}
+    std, low, high, method = (row[f"{prefix}_{p}"] for p in ("std", "low", "high", "method"))
+    interval = None if _missing(low) or _missing(high) else f"[{_number(prefix, low)}, {_number(prefix, high)}]"
+    spread = None if _missing(std) else f"±{_number(prefix, std).lstrip('+')}"
+    n = row["n_seeds"]
+    title = f"mean of {n} seed{'s' if n != 1 else ''}" + (f", sd {spread[1:]}" if spread else "") + f"; {METHODS[method]}"
+    return {"na": False, "text": _number(prefix, mean), "sd": spread, "ci": interval, "sort": repr(float(mean)),
+            "best": bool(row[f"{prefix}_best"]), "title": title}
+
+
+def _display_rows(table: pd.DataFrame, card_pages: dict[str, str], card_seeds: dict[str, tuple[int, str]]) -> list[dict]:
+    rows = []
+    for index, row in table.iterrows():
+        rank = row["rank"]
+        rows.append({
+            "id": f"row-{index}",
+            "setting": row["setting"], "attack": row["attack"], "rate": row["poison_rate"], "rate_value": row["rate"],
+            "defense": row["defense"], "status": row["status"], "note": row["note"],
+            "attack_page": f"attacks/{slug(row['attack'])}.html", "defense_page": f"defenses/{slug(row['defense'])}.html",
+            "rank": None if _missing(rank) else int(rank), "tied": bool(row["rank_tied"]), "tied_with": row["tied_with"],
+            "metrics": {prefix: _metric_cell(row, prefix) for prefix, _, _ in METRICS},
+            "seeds": [{"page": card_pages[path], "seed": card_seeds[path][0], "status": card_seeds[path][1]}
+                      for path in row["cards"]],
+            "n_seeds": int(row["n_seeds"]),
+        })
+    return rows
+
+
+def _prepare(site_dir: Path) -> None:
+    """Empty the generated parts of `site_dir`; refuse a non-empty folder that is not a cleanbench site."""
+    if site_dir.exists() and not site_dir.is_dir():
+        raise UsageError(f"{str(site_dir)!r} is a file; pass a folder to -o")
+    if site_dir.exists() and any(site_dir.iterdir()) and not (site_dir / MARKER).exists():
+        raise UsageError(f"{str(site_dir)!r} is not empty and was not built by `cleanbench leaderboard`; "
+                         "choose an empty or new folder")
+    for name in GENERATED:
+        path = site_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    site_dir.mkdir(parents=True, exist_ok=True)
+    (site_dir / MARKER).write_text("built by `cleanbench leaderboard`; rebuilt files here are replaced\n")
+
+
+def _copy_static(site_dir: Path) -> None:
+    target = site_dir / "static"
+    target.mkdir(parents=True, exist_ok=True)
+    for item in resources.files("cleanbench.leaderboard").joinpath("static").iterdir():
+        if item.is_file():
+            (target / item.name).write_bytes(item.read_bytes())
+
+
+def export_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as downloaded: plain columns, card paths joined by spaces."""
+    out = table.copy()
+    out["cards"] = out["cards"].map(lambda paths: " ".join(paths))
+    out["rank"] = out["rank"].astype("float")
+    return out
+
+
+def _plugin_info(cards: list[dict], role: str, label: str) -> dict[str, Any]:
+    card = next(c for c in cards if c["_cell"][1 if role == "attack" else 3] == label)
+    plugin = card[role]
+    return {"name": label, "plugin": plugin["name"], "description": plugin.get("description"),
+            "reference": plugin.get("paper") if role == "attack" else plugin.get("source"),
+            "stage": plugin.get("stage"), "options": plugin.get("options", {})}
+
+
+def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
+    """Build the leaderboard site in `site_dir` from the run cards under `results_dir/runs`."""
+    results_dir, site_dir = Path(results_dir), Path(site_dir)
+    scan = scan_cards(results_dir)
+    if not scan.cards:
+        skipped = f"; {len(scan.rejected)} files skipped, e.g. {scan.rejected[0][0]}: {scan.rejected[0][1]}" if scan.rejected else ""
+        raise UsageError(f"no valid run cards under {str(results_dir / 'runs')!r}{skipped}")
+    table = leaderboard_table(scan.cards)
+    _prepare(site_dir)
+    _copy_static(site_dir)
+    env = _environment()
+    figures = draw_all(table, site_dir)
+
+    card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem)}.html" for c in scan.cards}
+    card_seeds = {c["_path"]: (c["config"]["seed"], c["status"]) for c in scan.cards}
+    rows = _display_rows(table, card_pages, card_seeds)
+    settings = list(dict.fromkeys(table["setting"]))
+    common = {"metrics": METRICS, "help": HELP, "methods": METHODS, "multi_setting": len(settings) > 1,
+              "settings": settings}
+    pages = 0
+
+    def render(template: str, relative: str, **values: Any) -> None:
+        nonlocal pages
+        depth = relative.count("/")
+        path = site_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(env.get_template(template).render(root="../" * depth, **common, **values), encoding="utf-8")
+        pages += 1
+
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    render("index.html", "index.html", title="Leaderboard", rows=rows, figures=figures, attacks=attacks,
+           defenses=defenses, rates=list(dict.fromkeys(r["rate"] for r in sorted(rows, key=lambda r: r["rate_value"]))),
+           statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected, n_cards=len(scan.cards),
+           n_ok=sum(c["status"] == "ok" for c in scan.cards))
+    for attack in attacks:
+        info = _plugin_info(scan.cards, "attack", attack)
+        render("plugin.html", f"attacks/{slug(attack)}.html", title=f"Attack: {attack}", role="attack", info=info,
+               rows=[r for r in rows if r["attack"] == attack],
+               figures=[f for f in figures if f.attack == attack or f.kind == "heatmap"])
+    for defense in defenses:
+        info = _plugin_info(scan.cards, "defense", defense)
+        render("plugin.html", f"defenses/{slug(defense)}.html", title=f"Defense: {defense}", role="defense", info=info,
+               rows=[r for r in rows if r["defense"] == defense],
+               figures=[f for f in figures if f.defense == defense or f.kind == "heatmap"])
+    for card in scan.cards:
+        page = card_pages[card["_path"]]
+        raw = page.removesuffix(".html") + ".json"
+        (site_dir / raw).parent.mkdir(parents=True, exist_ok=True)
+        (site_dir / raw).write_text(json.dumps(_plain(card), indent=2, ensure_ascii=False), encoding="utf-8")
+        attack, defense = card["_cell"][1], card["_cell"][3]
+        render("card.html", page, title=f"Run card {Path(card['_path']).name}", card=card, raw=Path(raw).name,
+               file=Path(card["_path"]).name, reproduce=f"cleanbench run --config {card['_path']}",
+               attack_page=f"attacks/{slug(attack)}.html", defense_page=f"defenses/{slug(defense)}.html",
+               attack=attack, defense=defense, rate=card["_cell"][2], setting=_setting_label(table, card),
+               poison=_poison_summary(card))
+
+    exported = export_table(table)
+    exported.to_csv(site_dir / "leaderboard.csv", index=False)
+    (site_dir / "leaderboard.json").write_text(
+        json.dumps(_plain(exported.to_dict(orient="records")), indent=1, ensure_ascii=False), encoding="utf-8")
+    return BuildReport(site_dir, len(scan.cards), len(table), len(figures), pages, scan.rejected)
+
+
+def _poison_summary(card: dict) -> dict | None:
+    """The card's poison block without the (long) list of indices, which stays in the raw card."""
+    poison = card.get("poison")
+    if not isinstance(poison, dict):
+        return None
+    summary = {k: v for k, v in poison.items() if k != "indices"}
+    if isinstance(poison.get("indices"), list):
+        summary["indices"] = f"{len(poison['indices'])} indices (listed in the raw card)"
+    return summary
+
+
+def _setting_label(table: pd.DataFrame, card: dict) -> str:
+    match = table.loc[table["setting_key"] == card["_cell"][0], "setting"]
+    return str(match.iloc[0]) if len(match) else ""

@@ -1,0 +1,322 @@
+"""The leaderboard: card validation, the aggregated table, the site builder and its command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cleanbench.cli import main
+from cleanbench.config import RunConfig
+from cleanbench.errors import UsageError
+from cleanbench.leaderboard.cards import CardInvalid, cards_table, load_cards, scan_cards, validate_card
+from cleanbench.leaderboard.site import build_site
+from cleanbench.leaderboard.table import leaderboard_table
+from cleanbench.metrics import proportion
+
+
+def _counts(pair: tuple[int, int]) -> dict:
+    return proportion(*pair).to_dict()
+
+
+def synthetic_card(attack: str = "badnet", defense: str = "cleanclip", rate: float = 0.01, seed: int = 0,
+                   ca: tuple[int, int] = (80, 100), asr: tuple[int, int] = (90, 100),
+                   ca_after: tuple[int, int] = (78, 100), asr_after: tuple[int, int] = (5, 100),
+                   ra_after: tuple[int, int] = (60, 100), status: str = "ok", seconds: float = 10.0,
+                   with_poisoned: bool = True, **config: object) -> dict:
+    """A schema-valid run card with the given counts (no training involved)."""
+    values = RunConfig(attack=attack, defense=defense, poison_rate=None if attack == "none" else rate, seed=seed).to_dict()
+    values.update(config)
+    card: dict = {
+        "schema_version": 1, "status": status, "command": f"cleanbench run --attack {attack}", "config": values,
+        "seed": seed, "versions": {"cleanbench": "0.1.0"}, "git_commit": "abc123", "device": {"type": "cpu"},
+        "attack": {"name": attack, "description": f"the {attack} attack", "paper": "A. Author, 2020", "options": {}},
+        "defense": {"name": defense, "description": f"the {defense} defense", "source": "B. Author, 2021",
+                    "stage": "post-training finetuning", "options": {}},
+        "costs": {"pretrain_seconds": 1.0, "defense_seconds": seconds, "total_seconds": seconds + 1.0},
+        "artifacts": {"poisoned_model": "f" * 64},
+    }
+    if status == "failed":
+        card["error"] = f"defense {defense!r} raised RuntimeError: out of memory"
+        return card
+    card["metrics"] = {"defended": {"ca_top1": _counts(ca_after), "ca_top5": _counts(ca_after),
+                                    "asr": _counts(asr_after), "ra": _counts(ra_after)}}
+    if with_poisoned:
+        card["metrics"]["poisoned"] = {"ca_top1": _counts(ca), "ca_top5": _counts(ca), "asr": _counts(asr),
+                                       "ra": _counts((100 - asr[0], 100))}
+    return card
+
+
+def write_cards(results_dir: Path, cards: list[dict]) -> list[Path]:
+    """Write cards as results_dir/runs/card-NNN.json."""
+    runs = results_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, card in enumerate(cards):
+        paths.append(runs / f"card-{i:03d}.json")
+        paths[-1].write_text(json.dumps(card))
+    return paths
+
+
+def _row(table: pd.DataFrame, attack: str = "badnet", defense: str = "cleanclip") -> pd.Series:
+    rows = table[(table["attack"] == attack) & (table["defense"] == defense)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def test_a_synthetic_card_is_valid():
+    assert validate_card(synthetic_card()) is not None
+    assert validate_card(synthetic_card(status="failed")) is not None
+
+
+def _break(path: str, value: object, delete: bool = False):
+    def change(card: dict) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            card = card[key]
+        if delete:
+            del card[last]
+        else:
+            card[last] = value
+    return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (_break("schema_version", None, delete=True), "missing keys: schema_version"),
+    (_break("schema_version", 2), "schema_version"),
+    (_break("status", "running"), "status"),
+    (_break("config.seed", "0"), "config.seed"),
+    (_break("config.poison_rate", 2.0), "config.poison_rate"),
+    (_break("attack.name", "other"), "attack.name differs"),
+    (_break("defense.name", ""), "defense.name"),
+    (_break("metrics.defended", None, delete=True), "metrics.defended"),
+    (_break("metrics.defended.asr.successes", 101), "successes"),
+    (_break("metrics.defended.asr.value", 0.5), "is not successes/total"),
+    (_break("metrics.poisoned.ca_top1.high", 0.1), "interval"),
+    (_break("metrics.poisoned.ra.total", 1.5), "integers"),
+    (_break("costs.defense_seconds", -1), "costs"),
+    (_break("versions", {"torch": 2}), "versions"),
+])
+def test_invalid_cards_are_refused_with_the_reason(change, message):
+    card = synthetic_card()
+    change(card)
+    with pytest.raises(CardInvalid, match=message):
+        validate_card(card)
+
+
+def test_a_failed_card_must_say_why_and_names_have_a_length_limit():
+    card = synthetic_card(status="failed")
+    del card["error"]
+    with pytest.raises(CardInvalid, match="error"):
+        validate_card(card)
+    with pytest.raises(CardInvalid, match="expected a JSON object"):
+        validate_card([1, 2])
+    long_name = "x" * 501
+    with pytest.raises(CardInvalid, match="config.attack"):
+        validate_card(synthetic_card(attack=long_name))
+
+
+def test_scan_reports_skipped_files_and_results_table_still_works(tmp_path):
+    write_cards(tmp_path, [synthetic_card(), synthetic_card(seed=1)])
+    (tmp_path / "runs" / "broken.json").write_text("{not json")
+    (tmp_path / "runs" / "other.json").write_text(json.dumps({"schema_version": 1}))
+    scan = scan_cards(tmp_path)
+    assert len(scan.cards) == 2
+    reasons = dict((Path(p).name, r) for p, r in scan.rejected)
+    assert reasons["broken.json"].startswith("unreadable: JSONDecodeError")
+    assert reasons["other.json"].startswith("invalid: missing keys")
+    assert len(load_cards(tmp_path)) == 2
+    assert list(cards_table(load_cards(tmp_path))["seed"]) == [0, 1]
+
+
+# --- the aggregated table ---------------------------------------------------------------------
+
+
+def test_one_seed_uses_the_wilson_interval_and_hand_computed_der():
+    table = leaderboard_table([synthetic_card()])
+    row = _row(table)
+    wilson = proportion(78, 100)
+    assert (row["ca_mean"], row["ca_low"], row["ca_high"], row["ca_method"]) == (0.78, wilson.low, wilson.high, "wilson")
+    assert math.isnan(row["ca_std"])
+    # drops: ASR 0.90 -> 0.05 is 0.85, CA 0.80 -> 0.78 is 0.02: DER = (0.85 - 0.02 + 1) / 2
+    assert row["der_mean"] == pytest.approx(0.915)
+    assert row["d_ca_mean"] == pytest.approx(-0.02) and row["d_asr_mean"] == pytest.approx(-0.85)
+    assert row["der_method"] == "propagated"
+    assert row["der_low"] < 0.915 < row["der_high"] <= 1
+    assert row["d_asr_low"] == pytest.approx(proportion(5, 100).low - 0.9)
+    assert row["seconds_mean"] == 10.0 and row["n_seeds"] == 1 and row["status"] == "ok"
+
+
+def test_several_seeds_use_a_t_interval_across_seeds():
+    cards = [synthetic_card(seed=0, ca_after=(78, 100), asr_after=(5, 100)),
+             synthetic_card(seed=1, ca_after=(80, 100), asr_after=(15, 100)),
+             synthetic_card(seed=2, ca_after=(82, 100), asr_after=(10, 100))]
+    row = _row(leaderboard_table(cards))
+    # CA: 0.78, 0.80, 0.82 -> mean 0.80, sd 0.02, half width t(0.975, 2) * 0.02 / sqrt(3) = 4.302653 * 0.011547 = 0.049683
+    assert row["ca_mean"] == pytest.approx(0.80)
+    assert row["ca_std"] == pytest.approx(0.02)
+    assert (row["ca_low"], row["ca_high"]) == pytest.approx((0.80 - 0.0496827, 0.80 + 0.0496827), abs=1e-6)
+    # DER per seed: (0.85 - 0.02 + 1)/2 = 0.915, (0.75 - 0 + 1)/2 = 0.875, (0.80 + 1)/2 = 0.90
+    assert row["der_mean"] == pytest.approx((0.915 + 0.875 + 0.90) / 3)
+    assert row["der_method"] == "t" and row["seeds"] == "0 1 2"
+
+
+def test_failed_and_not_run_cells_are_na_with_a_reason():
+    cards = [synthetic_card(defense="none", asr_after=(90, 100), ca_after=(80, 100)),
+             synthetic_card(defense="cleanclip"),
+             synthetic_card(defense="finetune", status="failed"),
+             synthetic_card(attack="blended", defense="none"),
+             synthetic_card(defense="unimodal", seed=0), synthetic_card(defense="unimodal", seed=1, status="failed")]
+    table = leaderboard_table(cards)
+    failed = _row(table, defense="finetune")
+    assert failed["status"] == "failed" and math.isnan(failed["asr_mean"])
+    assert "failed (seed 0): defense 'finetune' raised RuntimeError" in failed["note"]
+    not_run = _row(table, attack="blended", defense="cleanclip")
+    assert not_run["status"] == "not run" and not_run["note"] == "not run" and not_run["n_seeds"] == 0
+    partial = _row(table, defense="unimodal")
+    assert partial["status"] == "ok" and partial["n_seeds"] == 1 and partial["n_failed"] == 1
+    assert "failed (seed 1)" in partial["note"]
+    assert len(table) == 2 * 4  # (badnet, blended) x (none, cleanclip, finetune, unimodal)
+    assert list(table["defense"][:4]) == ["none", "cleanclip", "finetune", "unimodal"]
+
+
+def test_the_undefended_reference_falls_back_to_the_defense_none_cell():
+    cards = [synthetic_card(defense="none", ca_after=(80, 100), asr_after=(90, 100), with_poisoned=False),
+             synthetic_card(defense="cleanclip", with_poisoned=False),
+             synthetic_card(defense="finetune", with_poisoned=False, seed=7)]
+    table = leaderboard_table(cards)
+    assert _row(table)["der_mean"] == pytest.approx(0.915)
+    orphan = _row(table, defense="finetune")
+    assert math.isnan(orphan["der_mean"]) and "no undefended reference" in orphan["note"]
+
+
+def test_best_values_and_ranks_with_ties_within_a_group():
+    cards = []
+    for seed in range(3):
+        cards += [synthetic_card(defense="none", seed=seed, ca_after=(80, 100), asr_after=(90, 100)),
+                  synthetic_card(defense="cleanclip", seed=seed, ca_after=(78 + seed, 100), asr_after=(5 + 2 * seed, 100)),
+                  synthetic_card(defense="finetune", seed=seed, ca_after=(79 - seed, 100), asr_after=(7 - seed, 100))]
+    table = leaderboard_table(cards)
+    clean, fine, none = _row(table), _row(table, defense="finetune"), _row(table, defense="none")
+    # DER per seed: cleanclip 0.915, 0.91, 0.905 (mean 0.91, t half width 0.0124); finetune 0.91 each; none 0.5
+    assert clean["der_mean"] == pytest.approx(0.91) and fine["der_mean"] == pytest.approx(0.91)
+    assert clean["rank"] == 1 and fine["rank"] == 1 and none["rank"] == 3
+    assert clean["rank_tied"] and fine["rank_tied"] and not none["rank_tied"]
+    assert clean["tied_with"] == "finetune" and none["tied_with"] == ""
+    assert bool(clean["der_best"]) and bool(fine["der_best"])  # equal means are both best
+    assert bool(fine["asr_best"]) and not clean["asr_best"]  # 6% against 7%
+    assert bool(none["ca_best"]) and not clean["ca_best"]
+
+
+def test_settings_and_option_variants_get_their_own_rows():
+    small = dict(data={"source": "embedded", "preset": "easy", "image_size": 32, "n_pretrain": 500,
+                       "n_clean": 100, "n_test": 100})
+    cards = [synthetic_card(), synthetic_card(**small),
+             synthetic_card(attack_options={"patch_size": 16}, rate=0.02),
+             synthetic_card(attack_options={}, rate=0.02)]
+    table = leaderboard_table(cards)
+    assert table["setting_key"].nunique() == 2
+    assert {"badnet (patch_size=16)", "badnet (defaults)"} <= set(table["attack"])
+    assert set(table["poison_rate"]) == {"1%", "2%"}
+
+
+# --- the site ---------------------------------------------------------------------------------
+
+XSS = "<script>alert('x')</script>"
+
+
+def _build(tmp_path: Path, cards: list[dict]):
+    write_cards(tmp_path / "results", cards)
+    return build_site(tmp_path / "results", tmp_path / "site")
+
+
+def test_site_has_pages_plots_and_downloads(tmp_path):
+    cards = [synthetic_card(defense=d, seed=s, rate=r) for d in ("none", "cleanclip") for s in (0, 1) for r in (0.01, 0.02)]
+    cards += [synthetic_card(attack="none", defense="none")]
+    report = _build(tmp_path, cards)
+    site = tmp_path / "site"
+    assert report.cards == 9 and report.rows == 2 * 2 + 2 and report.rejected == []
+    assert sorted(p.name.split("-")[0] for p in (site / "attacks").glob("*.html")) == ["badnet", "none"]
+    assert len(list((site / "cards").glob("*.html"))) == 9 and len(list((site / "cards").glob("*.json"))) == 9
+    kinds = sorted(p.name.split("-")[0] for p in (site / "plots").glob("*.svg"))
+    assert kinds == ["asr", "ca", "ca", "heatmap"]
+    csv = pd.read_csv(site / "leaderboard.csv")
+    assert len(csv) == report.rows and {"ca_mean", "ca_low", "der_high", "rank", "note"} <= set(csv.columns)
+    records = json.loads((site / "leaderboard.json").read_text())
+    assert len(records) == report.rows
+    assert all(r["ca_std"] is None or isinstance(r["ca_std"], float) for r in records)  # NaN -> null
+    index = (site / "index.html").read_text()
+    assert "https://" not in index and "http://" not in index
+    assert 'alt="Heatmap of the mean attack success rate' in index
+    card = next((site / "cards").glob("*.html")).read_text()
+    assert "cleanbench run --config" in card and "Resolved config" in card
+
+
+def test_untrusted_text_is_escaped_everywhere(tmp_path):
+    cards = [synthetic_card(attack=XSS, defense="none"), synthetic_card(attack=XSS, defense=f"d{XSS}", seed=1),
+             synthetic_card(attack=XSS, defense="x$y$", status="failed")]
+    cards[2]["error"] = f"boom {XSS}"
+    cards[0]["attack"]["description"] = XSS
+    _build(tmp_path, cards)
+    for path in (tmp_path / "site").rglob("*"):
+        if path.suffix in (".html", ".svg"):
+            text = path.read_text()
+            assert "<script>alert" not in text, path
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in index
+
+
+def test_invalid_cards_are_listed_on_the_index(tmp_path):
+    write_cards(tmp_path / "results", [synthetic_card()])
+    (tmp_path / "results" / "runs" / "bad.json").write_text(json.dumps({**synthetic_card(), "status": "<b>odd</b>"}))
+    report = build_site(tmp_path / "results", tmp_path / "site")
+    assert [Path(p).name for p, _ in report.rejected] == ["bad.json"]
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "Skipped files" in index and "&lt;b&gt;odd&lt;/b&gt;" in index
+
+
+def test_rebuild_replaces_the_old_site_but_refuses_a_foreign_folder(tmp_path):
+    paths = write_cards(tmp_path / "results", [synthetic_card(), synthetic_card(seed=1)])
+    build_site(tmp_path / "results", tmp_path / "site")
+    paths[1].unlink()
+    build_site(tmp_path / "results", tmp_path / "site")
+    assert len(list((tmp_path / "site" / "cards").glob("*.html"))) == 1
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(UsageError, match="not empty"):
+        build_site(tmp_path / "results", foreign)
+    assert (foreign / "notes.txt").read_text() == "keep"
+
+
+def test_command_builds_the_site_and_reports_problems(tmp_path, capsys):
+    write_cards(tmp_path / "results", [synthetic_card()])
+    (tmp_path / "results" / "runs" / "junk.json").write_text("[]")
+    assert main(["leaderboard", str(tmp_path / "results"), "-o", str(tmp_path / "site")]) == 0
+    out, err = capsys.readouterr()
+    assert "1 run cards -> 1 rows" in out and (tmp_path / "site" / "index.html").is_file()
+    assert "skipped" in err and "junk.json" in err
+    assert main(["leaderboard", str(tmp_path / "missing"), "-o", str(tmp_path / "x")]) == 2
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    assert main(["leaderboard", str(tmp_path / "empty")]) == 2
+    assert "no valid run cards" in capsys.readouterr().err
+
+
+def test_a_real_tiny_card_builds_a_site(tiny, tmp_path):
+    from cleanbench.runner import run_cell
+
+    config = tiny()
+    card, path = run_cell(config, progress=False, log=lambda message: None)
+    report = build_site(config.results_dir, tmp_path / "site")
+    assert report.cards == 1 and report.rejected == []
+    table = leaderboard_table(load_cards(config.results_dir))
+    row = _row(table, defense=config.defense)
+    assert row["status"] == "ok" and row["ca_mean"] == card["metrics"]["defended"]["ca_top1"]["value"]
+    page = next((tmp_path / "site" / "cards").glob("*.html")).read_text()
+    assert f"cleanbench run --config {path}" in page and card["versions"]["torch"] in page
