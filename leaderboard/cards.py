@@ -112,6 +112,9 @@ def validate_card(card: Any) -> dict:
     for key in ("attack_options", "defense_options", "data", "model", "pretrain"):
         _require(isinstance(config.get(key, {}), dict), f"config.{key}: expected an object")
     _require(isinstance(config.get("target", ""), str), "config.target: expected a string")
+    n_pretrain = config.get("data", {}).get("n_pretrain", 1)
+    _require(_is_int(n_pretrain) and n_pretrain >= 1, "config.data.n_pretrain: expected an integer >= 1")
+    _require(isinstance(config.get("model", {}).get("name", ""), str), "config.model.name: expected a string")
 
     for role in ("attack", "defense"):
         plugin = _mapping(card, role)
@@ -125,12 +128,13 @@ def validate_card(card: Any) -> dict:
     if card["status"] == "failed":
         _require(isinstance(card.get("error"), str), "error: a failed card must say why (a string)")
     costs = card.get("costs", {})
-    _require(isinstance(costs, dict) and all(_is_number(v) and v >= 0 for v in costs.values()),
-             "costs: expected an object of non-negative numbers")
+    _require(isinstance(costs, dict), "costs: expected an object")
+    for key in ("defense_seconds", "total_seconds"):
+        _require(key not in costs or (_is_number(costs[key]) and costs[key] >= 0), f"costs.{key}: expected a number >= 0")
     for key, kind in (("versions", dict), ("device", dict), ("artifacts", dict), ("poison", dict),
                       ("git_commit", str), ("command", str), ("reproduce", str), ("created", str), ("finished", str)):
         _optional(card, key, kind)
-    _require(all(isinstance(v, str) for v in card.get("versions", {}).values()), "versions: expected strings")
+    _require(all(isinstance(v, str) for v in (card.get("versions") or {}).values()), "versions: expected strings")
     return card
 
 

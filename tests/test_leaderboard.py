@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cleanbench.cli import main
 from cleanbench.config import RunConfig
@@ -100,7 +103,8 @@ def _break(path: str, value: object, delete: bool = False):
     (_break("metrics.defended.asr.value", 0.5), "is not successes/total"),
     (_break("metrics.poisoned.ca_top1.high", 0.1), "interval"),
     (_break("metrics.poisoned.ra.total", 1.5), "integers"),
-    (_break("costs.defense_seconds", -1), "costs"),
+    (_break("costs.defense_seconds", -1), "costs.defense_seconds"),
+    (_break("costs", [1]), "costs"),
     (_break("versions", {"torch": 2}), "versions"),
 ])
 def test_invalid_cards_are_refused_with_the_reason(change, message):
@@ -320,3 +324,44 @@ def test_a_real_tiny_card_builds_a_site(tiny, tmp_path):
     assert row["status"] == "ok" and row["ca_mean"] == card["metrics"]["defended"]["ca_top1"]["value"]
     page = next((tmp_path / "site" / "cards").glob("*.html")).read_text()
     assert f"cleanbench run --config {path}" in page and card["versions"]["torch"] in page
+
+
+# --- untrusted input: random corruptions are refused or handled, never a crash -----------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, prefix + (key,))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_corrupted_cards_are_refused_or_aggregated(data):
+    base = synthetic_card(status=data.draw(st.sampled_from(["ok", "failed"])))
+    card = copy.deepcopy(base)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(card)))
+        parent = card
+        for key in path[:-1]:
+            parent = parent[key]
+        if data.draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(JSON_VALUES)
+        if not _paths(card):
+            break
+    try:
+        validate_card(card)
+    except CardInvalid:
+        return
+    table = leaderboard_table([card, synthetic_card(defense="none")])
+    assert len(table) >= 1 and set(table["status"]) <= {"ok", "failed", "not run"}
