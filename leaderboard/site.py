@@ -39,7 +39,7 @@ HELP = {
     "d_ca": "Change in CA against the undefended model (defended - undefended), in percentage points.",
     "d_asr": "Change in ASR against the undefended model (defended - undefended), in percentage points.",
     "der": "Defense effectiveness rating, [max(0, ASR drop) - max(0, CA drop) + 1] / 2: 1 best, 0.5 no change.",
-    "seconds": "Wall time of the defense stage, in seconds (mean over seeds).",
+    "seconds": "Cost: wall time of the defense stage, in seconds (mean over seeds).",
 }
 
 
@@ -180,7 +180,7 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     env = _environment()
     figures = draw_all(table, site_dir)
 
-    card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem)}.html" for c in scan.cards}
+    card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem, c['_path'])}.html" for c in scan.cards}
     card_seeds = {c["_path"]: (c["config"]["seed"], c["status"]) for c in scan.cards}
     rows = _display_rows(table, card_pages, card_seeds)
     settings = list(dict.fromkeys(table["setting"]))

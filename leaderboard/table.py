@@ -40,7 +40,7 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
     ("d_ca", "CA change", True),
     ("d_asr", "ASR change", False),
     ("der", "DER", True),
-    ("seconds", "Defense time", False),
+    ("seconds", "Cost", False),
 )
 CARD_METRICS = {"ca": "ca_top1", "asr": "asr", "ra": "ra"}
 NOT_RUN = "not run"
@@ -52,10 +52,11 @@ def short_hash(value: Any, length: int = 8) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def slug(name: str) -> str:
-    """A file-name-safe, collision-free form of an untrusted name: its safe characters plus a hash."""
+def slug(name: str, unique: str | None = None) -> str:
+    """A file-name-safe, collision-free form of an untrusted name: its safe characters plus a hash
+    of `unique` (default: the name itself)."""
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)[:40].strip(".")
-    return f"{safe or 'x'}-{short_hash(name, 6)}"
+    return f"{safe or 'x'}-{short_hash(name if unique is None else unique, 6)}"
 
 
 def setting_of(config: dict) -> tuple[str, str]:

@@ -365,3 +365,11 @@ def test_corrupted_cards_are_refused_or_aggregated(data):
         return
     table = leaderboard_table([card, synthetic_card(defense="none")])
     assert len(table) >= 1 and set(table["status"]) <= {"ok", "failed", "not run"}
+
+
+def test_cards_with_the_same_file_name_in_subfolders_get_their_own_pages(tmp_path):
+    for sub, seed in (("a", 0), ("b", 1)):
+        (tmp_path / "results" / "runs" / sub).mkdir(parents=True)
+        (tmp_path / "results" / "runs" / sub / "card.json").write_text(json.dumps(synthetic_card(seed=seed)))
+    report = build_site(tmp_path / "results", tmp_path / "site")
+    assert report.cards == 2 and len(list((tmp_path / "site" / "cards").glob("*.html"))) == 2
