@@ -28,7 +28,8 @@ from cleanbench.leaderboard.site import build_site
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--mute-audio", "--remote-debugging-port=0",
+    "--disable-default-apps", "--disable-extensions", "--disable-dev-shm-usage", "--mute-audio",
+    "--remote-debugging-port=0",
     "--window-size=1400,1000",
 ]
 XSS_NAME = "<script>window.__pwned = 1</script><img src=x onerror=window.__pwned=2>"
