@@ -166,7 +166,7 @@ def _apply_once(cls: type, options: Any, setup: _Setup, seed: int, device: Any, 
     except Exception as raised:  # reported below, after the reads are known
         model, error = None, raised
     seconds = time.perf_counter() - start
-    undeclared = sorted(set(recorded) - set(cls.needs))
+    undeclared = sorted((set(recorded) | set(context.reads)) - set(cls.needs))
     return bundle, model, context, seconds, undeclared, error
 
 
