@@ -50,6 +50,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path [default: none].")
 @click.option("--results-dir", default=None, help=f"Where run cards go [default: {DEFAULTS.results_dir}].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML config (or a run card to reproduce); options override it.")
+@click.option("--preset", default=None, help="Named settings under --config and the options, e.g. paper-cc3m-rn50-scratch, paper-openai-rn50-finetune (docs/real-data.md).")
+@click.option("--data", default=None, type=click.Path(dir_okay=False), help="CSV of image-caption pairs (columns image,caption; paths relative to it): train on files (data.source csv).")
+@click.option("--eval-data", default=None, help="Zero-shot test set: a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT.")
+@click.option("--save-model", default=None, type=click.Path(file_okay=False), help="Folder to save the poisoned and defended models in, as open_clip folders (local-dir:).")
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers attacks/defenses; repeatable.")
 @click.option("--no-cache", is_flag=True, help="Retrain the poisoned model even when a cached one exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -58,6 +62,10 @@ def run(**options) -> None:
     for path in options["plugin"]:
         load_plugin_file(path)
     values = _config_from_file(options["config_file"]) if options["config_file"] else {}
+    if options["preset"]:
+        from cleanbench.presets import preset_values
+
+        values = merge(preset_values(options["preset"]), values)
     overrides: dict = {}
     for key in ("attack", "defense", "target", "seed", "device", "results_dir"):
         if options[key] is not None:
@@ -80,15 +88,23 @@ def run(**options) -> None:
         overrides["model"] = {"pretrained": model["pretrained"]}
     if options["no_cache"]:
         overrides["use_cache"] = False
+    files = {key: options[option] for key, option in (("train", "data"), ("eval", "eval_data")) if options[option]}
+    if files:
+        overrides["data"] = {**({"source": "csv"} if "train" in files else {}), **files}
     config = from_dict(RunConfig, merge(values, overrides), "config")
 
+    from cleanbench.export import saving_models
     from cleanbench.runner import run_cell
     from cleanbench.summary import cell_summary
 
     command = "cleanbench " + shlex.join(sys.argv[1:])
-    card, path = run_cell(config, progress=not options["quiet"], command=command)
+    with saving_models(config, options["save_model"]) as save:
+        card, path = run_cell(config, progress=not options["quiet"], command=command)
+        saved = save(card)
     click.echo(cell_summary(card))
     click.echo(f"run card: {path}")
+    for name, folder in saved.items():
+        click.echo(f"{name} model: local-dir:{folder}")
 
 
 @cli.command("list")

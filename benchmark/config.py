@@ -23,7 +23,15 @@ from cleanbench.trainer import TrainConfig
 
 @dataclass
 class DataConfig:
-    """Which data a cell uses; `embedded` is the procedural shapes dataset."""
+    """Which data a cell uses: `embedded` (procedural shapes, made in memory) or `csv` (files on disk).
+
+    Embedded: `preset`, `image_size` and the three sizes say what to generate. CSV (docs/real-data.md):
+    `train` is a CSV of image-caption pairs (the training set that gets poisoned), `clean` a CSV for
+    the defense (default: a seeded random subset of `limit_clean` rows of `train`), `eval` the
+    zero-shot test set (a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT).
+    For file data, validation sets `image_size` to the model's input resolution and `n_pretrain`,
+    `n_clean`, `n_test` to the counts found.
+    """
 
     source: str = "embedded"
     preset: str = "easy"
@@ -31,14 +39,51 @@ class DataConfig:
     n_pretrain: int = 10_000
     n_clean: int = 2_000
     n_test: int = 2_000
+    train: str | None = None
+    clean: str | None = None
+    eval: str | None = None
+    eval_classes: str | None = None
+    eval_split: str | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
+    delimiter: str = ","
+    root: str | None = None
+    allow_outside_root: bool = False
+    on_bad_image: str = "error"
+    limit_pretrain: int | None = None
+    limit_clean: int | None = 100_000
+    limit_test: int | None = None
+    workers: int | None = None
+    squash_triggered: bool = False
+
+
+THREATS = ("scratch", "finetune-pretrained")
+
+FINETUNE_PRETRAINED_TRAINING: dict[str, Any] = dict(
+    epochs=5, batch_size=128, lr=1e-6, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
+)
+"""The reference's schedule for poisoning a pretrained CLIP (spec section 3.4: 5 epochs, lr 1e-6,
+cosine with 50 warm-up steps, AdamW; batch and betas are its parser defaults). Users report that
+1e-6 implants a weak backdoor and 1e-5 a strong one (issue #3). Pretraining options that a config
+with `model.threat: finetune-pretrained` does not give come from here."""
 
 
 @dataclass
 class ModelConfig:
-    """An open_clip model name and optional pretrained tag or checkpoint path."""
+    """An open_clip model: a name (or `local-dir:PATH`), optional weights, and the threat setting.
+
+    `pretrained` is an open_clip pretrained tag (resolved through open_clip's cache) or a checkpoint
+    file; `threat` is how the attacker gets the poisoned model: `scratch` (train a randomly
+    initialised model on the poisoned data, the paper's first setting) or `finetune-pretrained`
+    (finetune pretrained weights on it, the second). Checkpoints load with `weights_only=True`;
+    `trust_checkpoint` allows a full pickle or TorchScript file (e.g. OpenAI's RN50.pt), which can
+    run code: only for files you trust.
+    """
 
     name: str = "cleanbench-tiny"
     pretrained: str | None = None
+    threat: str = "scratch"
+    trust_checkpoint: bool = False
 
 
 @dataclass
@@ -108,12 +153,28 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
+def _threat_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """A run config's values with the pretraining options that `model.threat` implies, where not given."""
+    model = values.get("model")
+    if isinstance(model, dict) and model.get("threat") == "finetune-pretrained":
+        given = values.get("pretrain")
+        if given is None or isinstance(given, dict):
+            return {**values, "pretrain": {**FINETUNE_PRETRAINED_TRAINING, **(given or {})}}
+    return values
+
+
 def from_dict(cls: type, values: Any, where: str = "config") -> Any:
-    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types.
+
+    For a `RunConfig`, `model.threat: finetune-pretrained` brings the reference's schedule for the
+    pretraining options that are not given (`FINETUNE_PRETRAINED_TRAINING`).
+    """
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise UsageError(f"{where}: expected a mapping of options, got {values!r}")
+    if cls is RunConfig:
+        values = _threat_defaults(values)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -182,6 +243,25 @@ def build_options(cls: type, values: dict[str, Any], where: str) -> Any:
     return from_dict(cls, values, where)
 
 
+def _validate_model(model: ModelConfig) -> None:
+    """The threat setting fits the weights: scratch starts from random weights, finetuning from trained ones."""
+    if model.threat not in THREATS:
+        close = difflib.get_close_matches(model.threat, THREATS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(f"model.threat {model.threat!r} is not known; {hint}use {' or '.join(THREATS)}")
+    has_weights = bool(model.pretrained) or model.name.startswith("local-dir:")
+    if model.threat == "finetune-pretrained" and not has_weights:
+        raise UsageError(
+            "model.threat finetune-pretrained poisons a pretrained model: give its weights with --pretrained "
+            "TAG or PATH (e.g. --model RN50-quickgelu --pretrained openai), or a local-dir: model"
+        )
+    if model.threat == "scratch" and has_weights:
+        raise UsageError(
+            "pretrained weights are given but model.threat is scratch (training from random weights); set "
+            "model.threat: finetune-pretrained to poison the pretrained model, or drop the weights"
+        )
+
+
 def validate(config: RunConfig) -> RunConfig:
     """Range checks that need more than a type."""
     if config.poison_rate is not None and config.poison_count is not None:
@@ -197,8 +277,14 @@ def validate(config: RunConfig) -> RunConfig:
     for name in ("n_pretrain", "n_clean", "n_test", "image_size"):
         if getattr(config.data, name) < 1:
             raise UsageError(f"data.{name} must be >= 1")
+    _validate_model(config.model)
     if config.data.source != "embedded":
-        raise UsageError(f"data source {config.data.source!r} is not known; use 'embedded'")
+        from cleanbench.models import input_size
+
+        config.data.image_size = input_size(config.model.name)
+    from cleanbench.data.loading import check_file_data
+
+    config.target = check_file_data(config.data, config.target)
     for name in ("epochs", "batch_size"):
         if getattr(config.pretrain, name) < 1:
             raise UsageError(f"pretrain.{name} must be >= 1")

@@ -2,10 +2,19 @@
 
 Class embedding = mean of the L2-normalised embeddings of the class name in every prompt template,
 renormalised (spec section 5.1); computed once per model. Logits are cosine similarities.
+
+In-memory test sets (the embedded data) are scored in one pass. File-backed ones (ImageNet-style
+folders, torchvision datasets) stream through `FileBatches`: worker processes read and preprocess
+the images, the trigger is applied on the device to each non-target image (parameters from the
+image's own seeded generator), and the counts accumulate. With `squash_triggered` (the reference's
+behaviour, spec section 9 item 6) the triggered copy is made from the squashed image. On CUDA the
+encoders run under autocast (bf16 where supported).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections.abc import Sequence
 
@@ -13,19 +22,47 @@ import torch
 
 from cleanbench.attacks.base import Attack, trigger_uint8
 from cleanbench.data.base import ClassificationSet
+from cleanbench.data.images import ImageFiles
+from cleanbench.data.lazy import FileBatches, trigger_rows
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 
+EVAL_TRIGGER_STREAM = "eval-trigger"
+TEXT_BATCH = 2048
+
+
+def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast for inference on CUDA (bf16 where supported, else fp16); nothing elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return contextlib.nullcontext()
+
 
 @torch.no_grad()
 def class_embeddings(bundle: ModelBundle, classnames: Sequence[str], templates: Sequence[str], device) -> torch.Tensor:
-    """(C, D) normalised class embeddings averaged over the prompt templates."""
-    texts = [template.format(name) for name in classnames for template in templates]
-    tokens = bundle.tokenizer(texts).to(device)
-    features = bundle.model.encode_text(tokens, normalize=True).float()
-    features = features.view(len(classnames), len(templates), -1).mean(dim=1)
-    return torch.nn.functional.normalize(features, dim=-1)
+    """(C, D) normalised class embeddings averaged over the prompt templates.
+
+    Texts are encoded in chunks of whole classes (about `TEXT_BATCH` texts): 1000 classes x 80
+    templates is too big for one batch.
+    """
+    per_chunk = max(1, TEXT_BATCH // len(templates))
+    features = []
+    for start in range(0, len(classnames), per_chunk):
+        names = classnames[start : start + per_chunk]
+        tokens = bundle.tokenizer([template.format(name) for name in names for template in templates]).to(device)
+        with autocast(device):
+            encoded = bundle.model.encode_text(tokens, normalize=True).float()
+        features.append(encoded.view(len(names), len(templates), -1).mean(dim=1))
+    return torch.nn.functional.normalize(torch.cat(features), dim=-1)
+
+
+@torch.no_grad()
+def _topk(bundle: ModelBundle, images: torch.Tensor, classes: torch.Tensor, k: int) -> torch.Tensor:
+    with autocast(images.device):
+        features = bundle.model.encode_image(bundle.model_input(images), normalize=True).float()
+    return (features @ classes.T).topk(min(k, len(classes)), dim=-1).indices
 
 
 @torch.no_grad()
@@ -35,10 +72,53 @@ def predict_topk(
     """(N, k) indices of the k most similar classes for uint8 `images`."""
     out = []
     for start in range(0, len(images), batch_size):
-        batch = bundle.model_input(images[start : start + batch_size].to(device))
-        features = bundle.model.encode_image(batch, normalize=True).float()
-        out.append((features @ classes.T).topk(min(k, len(classes)), dim=-1).indices.cpu())
+        out.append(_topk(bundle, images[start : start + batch_size].to(device), classes, k).cpu())
     return torch.cat(out)
+
+
+def _combine_stealthiness(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """The `stealthiness` of several batches together, from each batch's size and result."""
+    total = sum(n for n, _ in parts)
+    if total == 0:
+        return {"linf": math.nan, "l2": math.nan, "psnr_db": math.nan, "changed_fraction": math.nan}
+    out = {key: sum(n * s[key] for n, s in parts) / total for key in ("linf", "l2", "changed_fraction")}
+    changed = [(n * s["changed_fraction"], s["psnr_db"]) for n, s in parts if n * s["changed_fraction"] > 0]
+    weight = sum(w for w, _ in changed)
+    out["psnr_db"] = sum(w * p for w, p in changed) / weight if weight else math.nan
+    return out
+
+
+def _evaluate_files(
+    bundle: ModelBundle, test: ClassificationSet, attack: Attack, target_index: int, seed: int, device, batch_size: int
+) -> dict:
+    """Counts of a file-backed test set, streamed batch by batch."""
+    column: ImageFiles = test.images.to(device)
+    squash = column.squash_triggered
+    if squash:
+        column = column.reading("both")
+    classes = class_embeddings(bundle, test.classnames, test.templates, device)
+    n = m = top1 = top5 = hits = recovered = 0
+    parts: list[tuple[int, dict[str, float]]] = []
+    for batch in FileBatches({"images": column}, batch_size).in_order():
+        rows, images = batch["index"], batch["images"]
+        clean, source = (images[:, 0], images[:, 1]) if squash else (images, images)
+        labels = test.labels[rows].to(device)
+        top = _topk(bundle, clean, classes, 5)
+        top1 += int((top[:, 0] == labels).sum())
+        top5 += int((top == labels[:, None]).any(dim=1).sum())
+        keep = labels != target_index
+        n += len(rows)
+        if not keep.any():
+            continue
+        triggered = trigger_rows(attack, source[keep], rows[keep.cpu()], seed, EVAL_TRIGGER_STREAM)
+        predicted = _topk(bundle, triggered, classes, 1)[:, 0]
+        hits += int((predicted == target_index).sum())
+        recovered += int((predicted == labels[keep]).sum())
+        count = int(keep.sum())
+        m += count
+        parts.append((count, stealthiness(source[keep].cpu(), triggered.cpu())))
+    return {"n": n, "m": m, "top1": top1, "top5": top5, "hits": hits, "recovered": recovered,
+            "stealthiness": _combine_stealthiness(parts), "skipped": column.log["skipped"]}
 
 
 def evaluate(
@@ -48,15 +128,30 @@ def evaluate(
     target_index: int,
     seed: int,
     device,
+    batch_size: int = 256,
 ) -> dict:
     """CA top-1/top-5 on clean images; ASR and RA on triggered images whose class is not the target."""
     start = time.perf_counter()
     bundle.model.eval()
+    if isinstance(test.images, ImageFiles):
+        counts = _evaluate_files(bundle, test, attack, target_index, seed, device, batch_size)
+        n, m = counts["n"], counts["m"]
+        seconds = time.perf_counter() - start
+        return {
+            "ca_top1": proportion(counts["top1"], n).to_dict(),
+            "ca_top5": proportion(counts["top5"], n).to_dict(),
+            "asr": proportion(counts["hits"], m).to_dict(),
+            "ra": proportion(counts["recovered"], m).to_dict(),
+            "stealthiness": counts["stealthiness"],
+            "skipped_images": counts["skipped"],
+            "seconds": seconds,
+            "images_per_second": (n + m) / max(seconds, 1e-9),
+        }
     classes = class_embeddings(bundle, test.classnames, test.templates, device)
     clean_top = predict_topk(bundle, test.images, classes, device)
     labels = test.labels
     keep = labels != target_index
-    generator = torch_generator(derive_seed(seed, "eval-trigger"))
+    generator = torch_generator(derive_seed(seed, EVAL_TRIGGER_STREAM))
     triggered = trigger_uint8(attack, test.images[keep], generator)
     triggered_top1 = predict_topk(bundle, triggered, classes, device, k=1)[:, 0]
     n, m = len(labels), int(keep.sum())

@@ -16,6 +16,8 @@ import torch
 
 from cleanbench.attacks.base import Attack, trigger_uint8
 from cleanbench.data.base import PairSet
+from cleanbench.data.lazy import LazyColumn
+from cleanbench.data.pairs import poison_lazily
 from cleanbench.errors import UsageError
 from cleanbench.seeding import derive_seed, torch_generator
 
@@ -78,7 +80,12 @@ def plan_poison(
 
 
 def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int, batch_size: int = 1024) -> PairSet:
-    """A copy of `pairs` with the plan's images triggered and captions replaced."""
+    """A copy of `pairs` with the plan's images triggered and captions replaced.
+
+    File-backed pairs are not copied: their images get the trigger as batches read them, on the device.
+    """
+    if isinstance(pairs.images, LazyColumn):
+        return poison_lazily(pairs, plan, attack, seed)
     images = pairs.images.clone()
     captions = list(pairs.captions)
     generator = torch_generator(derive_seed(seed, "poison-trigger"))

@@ -17,7 +17,7 @@ from cleanbench.attacks.base import Attack
 from cleanbench.cache import ArtifactCache, content_key
 from cleanbench.config import RunConfig, build_options, validate
 from cleanbench.data.base import class_index
-from cleanbench.data.embedded import load_embedded
+from cleanbench.data.loading import load_data
 from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
 from cleanbench.errors import CleanbenchError, RunError, UsageError
@@ -140,7 +140,8 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     total_start = time.perf_counter()
 
     start = time.perf_counter()
-    data = load_embedded(c.seed, c.data.n_pretrain, c.data.n_clean, c.data.n_test, c.data.image_size, c.data.preset)
+    data = load_data(c.data, c.seed)
+    card["data"] = data.info  # file-backed data keeps counting reads and skips in it until the card is written
     target_index = class_index(data.test.classnames, c.target)
     target_name = data.test.classnames[target_index]
     costs["data_seconds"] = time.perf_counter() - start
@@ -164,7 +165,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
 
     card["stage"] = "pretraining"
     seed_everything(derive_seed(c.seed, "init"))
-    bundle = build_model(c.model.name, c.model.pretrained, str(plan.device))
+    bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
     cache = ArtifactCache(c.cache_dir)
     poisoned_key = plan.poisoned_model_key()
     meta = cache.load("poisoned-models", poisoned_key, bundle.model) if c.use_cache else None

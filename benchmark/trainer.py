@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cleanbench.data.lazy import file_batches
 from cleanbench.errors import NonFiniteLossError
 from cleanbench.seeding import derive_seed, torch_generator
 
@@ -55,7 +56,11 @@ class TrainStats:
 
 
 class InMemoryBatches:
-    """Shuffled batches of in-memory tensors (drop_last, as the reference's DataLoader)."""
+    """Shuffled batches of in-memory tensors (drop_last, as the reference's DataLoader).
+
+    Columns read from files (`cleanbench.data.lazy.LazyColumn`) go to `FileBatches`, which gives
+    the same batches through DataLoader worker processes.
+    """
 
     def __init__(self, tensors: Batch, batch_size: int) -> None:
         lengths = {len(t) for t in tensors.values()}
@@ -64,11 +69,15 @@ class InMemoryBatches:
         self.tensors = tensors
         self.count = lengths.pop()
         self.batch_size = min(batch_size, self.count)
+        self.files = file_batches(tensors, batch_size)
 
     def __len__(self) -> int:
         return self.count // self.batch_size
 
     def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        if self.files is not None:
+            yield from self.files.epoch(generator)
+            return
         order = torch.randperm(self.count, generator=generator)
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]

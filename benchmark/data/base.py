@@ -1,22 +1,30 @@
-"""In-memory data containers shared by every stage.
+"""Data containers shared by every stage.
 
-Images are uint8 tensors of shape (N, 3, H, W); stages convert them to float in [0, 1] when they
-need to (triggers work on floats in [0, 1], the model on normalised floats).
+Images are uint8 tensors of shape (N, 3, H, W), held in memory (the embedded data), or a
+`LazyColumn` that reads them from files when a batch needs them (`cleanbench.data.lazy`); stages
+convert them to float in [0, 1] when they need to (triggers work on floats in [0, 1], the model on
+normalised floats).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from cleanbench.data.lazy import LazyColumn
+
 
 @dataclass
 class PairSet:
-    """Image-caption pairs; `labels` holds the class index of each image, or -1 where unknown."""
+    """Image-caption pairs; `labels` holds the class index of each image, or -1 where unknown.
 
-    images: torch.Tensor
-    captions: list[str]
+    File-backed pairs have a `LazyColumn` of images and a sequence of captions read on demand.
+    """
+
+    images: torch.Tensor | LazyColumn
+    captions: Sequence[str]
     labels: torch.Tensor
     classnames: tuple[str, ...] = ()
 
@@ -35,7 +43,7 @@ class PairSet:
 class ClassificationSet:
     """Labelled test images with the class names and zero-shot prompt templates that score them."""
 
-    images: torch.Tensor
+    images: torch.Tensor | LazyColumn
     labels: torch.Tensor
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
@@ -55,9 +63,9 @@ class BenchmarkData:
     info: dict = field(default_factory=dict)
 
 
-
 def class_index(classnames: tuple[str, ...] | list[str], name_or_index: str | int) -> int:
-    """The index of a class given by name or index; ValueError when it is not in `classnames`."""
+    """The index of a class given by name or index; ValueError when it is not in `classnames` or when
+    the name is ambiguous (open_clip's ImageNet names repeat two: give the index)."""
     if isinstance(name_or_index, int) or str(name_or_index).isdigit():
         index = int(name_or_index)
         if not 0 <= index < len(classnames):
@@ -69,4 +77,7 @@ def class_index(classnames: tuple[str, ...] | list[str], name_or_index: str | in
         close = difflib.get_close_matches(str(name_or_index), classnames, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(f"class {name_or_index!r} is not in the class list; {hint}classes: {', '.join(classnames)}")
-    return list(classnames).index(name_or_index)
+    indices = [i for i, name in enumerate(classnames) if name == name_or_index]
+    if len(indices) > 1:
+        raise ValueError(f"class {name_or_index!r} occurs at indices {', '.join(map(str, indices))}; give the index")
+    return indices[0]
