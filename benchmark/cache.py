@@ -1,8 +1,11 @@
-"""A content-addressed artifact cache for trained models.
+"""A content-addressed artifact cache: poisoned models, defended models and evaluations.
 
 Each artifact is keyed by the SHA-256 of exactly the inputs that determine it (canonical JSON), so
-a poisoned model is trained once and reused by every defense. Files are written atomically with a
-content hash beside them; a file whose hash does not match is ignored and recomputed.
+a poisoned model is trained once and reused by every defense, and a cell whose run card was lost is
+rebuilt from its artifacts without training. Files are written atomically with a content hash beside
+them; a file whose hash does not match is ignored and recomputed. A lock file per artifact lets
+concurrent processes (a local pool, Slurm jobs, two sweeps) compute each artifact once: the second
+waits for the first and then loads its result.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from cleanbench.fileio import write_bytes_atomic, write_json_atomic
+
+POISONED_MODELS = "poisoned-models"
+DEFENDED_MODELS = "defended-models"
+EVALUATIONS = "evaluations"
 
 
 def default_cache_dir() -> Path:
@@ -32,7 +40,7 @@ def content_key(payload: Any) -> str:
 
 
 class ArtifactCache:
-    """Model state dicts stored under `root/kind/key.pt`, with metadata in `key.json`."""
+    """Model state dicts under `root/kind/key.pt` with metadata in `key.json`; evaluations as `key.json`."""
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root else default_cache_dir()
@@ -40,6 +48,17 @@ class ArtifactCache:
     def _paths(self, kind: str, key: str) -> tuple[Path, Path]:
         folder = self.root / kind
         return folder / f"{key}.pt", folder / f"{key}.json"
+
+    def has(self, kind: str, key: str) -> bool:
+        """Whether the artifact's files are present (without reading them)."""
+        weights, meta_path = self._paths(kind, key)
+        return meta_path.is_file() and (kind == EVALUATIONS or weights.is_file())
+
+    def lock(self, kind: str, key: str, timeout: float = -1) -> FileLock:
+        """An inter-process lock for computing one artifact (`with cache.lock(...):`); released on exit or death."""
+        path = self.root / kind / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(path, timeout=timeout)
 
     def load(self, kind: str, key: str, model: nn.Module) -> dict | None:
         """Load the artifact into `model` and return its metadata, or None if absent or damaged."""
@@ -53,7 +72,10 @@ class ArtifactCache:
             return None
         if meta.get("sha256") != hashlib.sha256(data).hexdigest():
             return None
-        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        except (RuntimeError, ValueError):  # an architecture that no longer fits: recompute
+            return None
         return meta
 
     def save(self, kind: str, key: str, model: nn.Module, meta: dict) -> Path:
@@ -65,3 +87,19 @@ class ArtifactCache:
         write_bytes_atomic(weights, data)
         write_json_atomic(meta_path, {**meta, "key": key, "sha256": hashlib.sha256(data).hexdigest()})
         return weights
+
+    def load_json(self, kind: str, key: str) -> dict | None:
+        """A JSON artifact (e.g. an evaluation), or None if absent, unreadable or stored under another key."""
+        _, path = self._paths(kind, key)
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("value"), dict):
+            return None
+        return stored["value"]
+
+    def save_json(self, kind: str, key: str, value: dict) -> Path:
+        """Store a JSON artifact atomically."""
+        _, path = self._paths(kind, key)
+        return write_json_atomic(path, {"key": key, "value": value})

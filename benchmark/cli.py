@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from cleanbench import distributed
 from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.registry import ATTACKS, DEFENSES, load_plugin_file
@@ -57,8 +58,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers attacks/defenses; repeatable.")
 @click.option("--no-cache", is_flag=True, help="Retrain the poisoned model even when a cached one exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--nproc", type=int, default=1, help="Train with DDP on N processes on this machine (torchrun: one GPU each, or CPU with gloo).")
 def run(**options) -> None:
     """Run one cell: poison, pretrain, evaluate, defend, evaluate, write a run card."""
+    if options["nproc"] > 1 and not distributed.launched():
+        return distributed.relaunch(options["nproc"], distributed.without_option(sys.argv[1:], "--nproc"))
     for path in options["plugin"]:
         load_plugin_file(path)
     values = _config_from_file(options["config_file"]) if options["config_file"] else {}
@@ -100,7 +104,9 @@ def run(**options) -> None:
     command = "cleanbench " + shlex.join(sys.argv[1:])
     with saving_models(config, options["save_model"]) as save:
         card, path = run_cell(config, progress=not options["quiet"], command=command)
-        saved = save(card)
+        saved = save(card) if distributed.is_main() else {}
+    if not distributed.is_main():
+        return
     click.echo(cell_summary(card))
     click.echo(f"run card: {path}")
     for name, folder in saved.items():
@@ -157,6 +163,7 @@ def results(results_dir: str) -> None:
 # Commands defined in their own modules are attached here, one line each.
 from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
+from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 
 
 def main(argv: list[str] | None = None) -> int:

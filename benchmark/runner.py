@@ -1,20 +1,32 @@
-"""Run one benchmark cell: data -> poison -> pretrain (cached) -> evaluate -> defend -> evaluate -> card."""
+"""Run one benchmark cell: data -> poison -> pretrain -> evaluate -> defend -> evaluate -> card.
+
+Four artifacts are content-addressed (see `Plan`): the poisoned model, its evaluation, the defended
+model and its evaluation. Each is loaded from the cache when present, else computed (under a lock,
+so concurrent processes compute it once) and stored. The card lists each artifact's key and whether
+this run reused it; its `costs` are what producing each stage cost, taken from the artifact when it
+was reused, and `wall_seconds` is what this run took. Under torchrun every rank runs the cell,
+training is data-parallel, and rank 0 alone writes files.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import hashlib
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cleanbench import runcard
+from cleanbench import distributed, runcard
 from cleanbench.attacks.base import Attack
-from cleanbench.cache import ArtifactCache, content_key
+from cleanbench.cache import DEFENDED_MODELS, EVALUATIONS, POISONED_MODELS, ArtifactCache, content_key
 from cleanbench.config import RunConfig, build_options, validate
 from cleanbench.data.base import class_index
 from cleanbench.data.loading import load_data
@@ -46,6 +58,45 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+_CLEAN_FIELDS = ("clean", "limit_clean", "n_clean")
+"""Data settings that only the defense's clean pairs depend on (the embedded splits are independent
+streams; a CSV's default clean subset is drawn from `train`, which the poisoned model's key holds)."""
+_EVAL_FIELDS = ("eval", "eval_classes", "eval_split", "limit_test", "n_test")
+"""Data settings that only the test set depends on."""
+_SPEED_FIELDS = ("workers",)
+"""Data settings that change speed, not results."""
+_FILE_FIELDS = ("train", "clean", "eval", "eval_classes")
+
+
+def _digest(value: str | None) -> str | None:
+    """SHA-256 of a file's content, or of a folder's listing (relative names and sizes); None otherwise.
+
+    Image files are identified through the CSV or folder listing that names them."""
+    if not value:
+        return None
+    path = Path(value)
+    try:
+        stat = path.stat()
+    except (OSError, ValueError):
+        return None
+    return _digest_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns, path.is_dir())
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime_ns: int, is_dir: bool) -> str:
+    digest = hashlib.sha256()
+    if is_dir:
+        for root, _, files in sorted(os.walk(path)):
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                digest.update(f"{os.path.relpath(full, path)}\0{os.path.getsize(full)}\n".encode())
+        return digest.hexdigest()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class Plan:
     """A validated cell: the plugin classes and their options, resolved before any work starts."""
 
@@ -75,9 +126,24 @@ class Plan:
         c = self.config
         return f"n{c.poison_count}" if c.poison_count is not None else f"p{c.poison_rate:g}"
 
+    def _data(self, part: str) -> dict[str, Any]:
+        """The data settings one artifact depends on (`part`: pretrain, clean or eval), with a content
+        digest of each file or folder they name, so that changed files get new keys."""
+        data = asdict(self.config.data)
+        fields = {"clean": _CLEAN_FIELDS, "eval": _EVAL_FIELDS}.get(part)
+        if fields is None:
+            fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS)
+        return {k: data[k] for k in fields} | {f"{k}_digest": _digest(data[k]) for k in fields if k in _FILE_FIELDS}
+
+    @property
+    def defense_is_identity(self) -> bool:
+        """A defense of stage `none` returns the poisoned model: its defended model is that model."""
+        return self.defense_cls.stage == "none"
+
     def poisoned_model_key(self) -> str:
         """Hash of exactly what determines the poisoned model."""
         c = self.config
+        model = {k: v for k, v in asdict(c.model).items() if k != "trust_checkpoint"}
         return content_key({
             "artifact": "poisoned-model",
             "cleanbench": runcard.versions()["cleanbench"],
@@ -85,14 +151,43 @@ class Plan:
             "attack_options": asdict(self.attack_options),
             "poison_rate": c.poison_rate if c.attack != "none" else None,
             "poison_count": c.poison_count if c.attack != "none" else None,
-            "target": c.target, "seed": c.seed,
-            "data": asdict(c.data), "model": asdict(c.model), "pretrain": asdict(c.pretrain),
+            "target": c.target, "seed": c.seed, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
+            "model": model, "model_digest": _digest(c.model.name.removeprefix("local-dir:")),
+            "pretrained_digest": _digest(c.model.pretrained),
         })
 
+    def _defense_inputs(self) -> dict[str, Any]:
+        return {"poisoned": self.poisoned_model_key(), "defense": self.config.defense,
+                "defense_version": self.defense_cls.version, "defense_options": asdict(self.defense_options),
+                "clean_data": self._data("clean")}
+
+    def defended_model_key(self) -> str:
+        """Hash of exactly what determines the defended model (the poisoned model's key for `none`)."""
+        if self.defense_is_identity:
+            return self.poisoned_model_key()
+        return content_key({"artifact": "defended-model", "cleanbench": runcard.versions()["cleanbench"],
+                            **self._defense_inputs()})
+
+    def evaluation_key(self, model_key: str) -> str:
+        """Hash of what determines an evaluation: the model (whose key fixes attack, target, seed and
+        data settings) and the test set."""
+        return content_key({"artifact": "evaluation", "cleanbench": runcard.versions()["cleanbench"],
+                            "model": model_key, "eval_data": self._data("eval")})
+
+    def artifact_keys(self) -> dict[str, str]:
+        """The keys of the cell's four artifacts, by name."""
+        poisoned, defended = self.poisoned_model_key(), self.defended_model_key()
+        return {"poisoned_model": poisoned, "poisoned_evaluation": self.evaluation_key(poisoned),
+                "defended_model": defended, "defended_evaluation": self.evaluation_key(defended)}
+
     def cell_key(self) -> str:
-        return content_key({"poisoned": self.poisoned_model_key(), "defense": self.config.defense,
-                            "defense_version": self.defense_cls.version,
-                            "defense_options": asdict(self.defense_options)})
+        """Hash of everything that determines the cell's run card (it names the card file)."""
+        return content_key({**self._defense_inputs(), "eval_data": self._data("eval")})
+
+    def card_path(self) -> Path:
+        """Where this cell's run card goes."""
+        c = self.config
+        return runcard.card_path(c.results_dir, c.attack, c.defense, self.budget_label, c.seed, self.cell_key())
 
 
 def _pretrain_objective(bundle: ModelBundle) -> Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]:
@@ -109,35 +204,88 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
     plan = Plan(config)
     c = plan.config
     key = plan.cell_key()
-    path = runcard.card_path(c.results_dir, c.attack, c.defense, plan.budget_label, c.seed, key)
-    costs: dict[str, float] = {}
-    card: dict[str, Any] = {
-        "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
-        "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
-        "config": c.to_dict(), "seed": c.seed, "cell_key": key,
-        "versions": runcard.versions(), "git_commit": runcard.git_commit(), "device": runcard.device_info(plan.device),
-        "attack": {"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
-        "defense": {"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
-                    "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe()},
-        "costs": costs,
-    }
-    try:
-        _execute(plan, card, path, progress, log)
-    except CleanbenchError as error:
-        _fail(card, path, error)
-        raise
-    except Exception as error:
-        failure = RunError(f"{card.get('stage', 'run')} raised {type(error).__name__}: {error}")
-        _fail(card, path, failure)
-        raise failure from error
+    path = plan.card_path()
+    with distributed.session(plan.device) as device:
+        plan.device = device
+        main = distributed.is_main()
+        progress, log = (progress, log) if main else (False, _silent)
+        card: dict[str, Any] = {
+            "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
+            "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
+            "config": c.to_dict(), "seed": c.seed, "cell_key": key,
+            "versions": runcard.versions(), "git_commit": runcard.git_commit(),
+            "device": {**runcard.device_info(device), "processes": distributed.world_size()},
+            "attack": {"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
+            "defense": {"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
+                        "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe()},
+            "costs": {},
+        }
+        try:
+            _execute(plan, card, path, progress, log)
+        except CleanbenchError as error:
+            _fail(card, path, error)
+            raise
+        except Exception as error:
+            failure = RunError(f"{card.get('stage', 'run')} raised {type(error).__name__}: {error}")
+            _fail(card, path, failure)
+            raise failure from error
     return card, path
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+class _Artifacts:
+    """The cell's cache (or none with `use_cache: false`), recording in the card what was reused."""
+
+    def __init__(self, plan: Plan, card: dict[str, Any]) -> None:
+        self.cache = ArtifactCache(plan.config.cache_dir) if plan.config.use_cache else None
+        self.keys = plan.artifact_keys()
+        self.record = card["artifacts"] = {}
+        for name, key in self.keys.items():
+            self.record[name] = key
+            self.record[f"{name}_reused"] = False
+
+    @contextlib.contextmanager
+    def computing(self, kind: str, name: str) -> Iterator[None]:
+        """Hold the artifact's lock (rank 0 only: the other ranks follow its decisions)."""
+        if self.cache is None or not distributed.is_main():
+            yield
+            return
+        with self.cache.lock(kind, self.keys[name]):
+            yield
+
+    def load_model(self, kind: str, name: str, model: torch.nn.Module) -> dict | None:
+        """The stored metadata after loading the weights into `model`, or None when it must be computed."""
+        found = self.cache is not None and distributed.agree(self.cache.has(kind, self.keys[name]))
+        meta = self.cache.load(kind, self.keys[name], model) if found else None
+        if not distributed.agree(meta is not None):
+            return None
+        self.record[f"{name}_reused"] = True
+        return meta
+
+    def save_model(self, kind: str, name: str, model: torch.nn.Module, meta: dict) -> None:
+        if self.cache is not None and distributed.is_main():
+            self.cache.save(kind, self.keys[name], model, meta)
+
+    def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
+        """A cached evaluation, or `compute()` stored under its key."""
+        stored = self.cache.load_json(EVALUATIONS, self.keys[name]) if self.cache is not None else None
+        if distributed.agree(stored is not None):
+            self.record[f"{name}_reused"] = True
+            return stored if stored is not None else compute()
+        value = compute()
+        if self.cache is not None and distributed.is_main():
+            self.cache.save_json(EVALUATIONS, self.keys[name], value)
+        return value
 
 
 def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: Log) -> None:
     """The stages of one cell; fills `card` as it goes and writes it when done."""
     c = plan.config
     costs = card["costs"]
-    total_start = time.perf_counter()
+    wall_start = time.perf_counter()
 
     start = time.perf_counter()
     data = load_data(c.data, c.seed)
@@ -164,59 +312,84 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     log(f"poison: {poison.count} of {len(data.pretrain)} pairs -> target {target_name!r} ({c.attack})")
 
     card["stage"] = "pretraining"
+    artifacts = _Artifacts(plan, card)
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
-    cache = ArtifactCache(c.cache_dir)
-    poisoned_key = plan.poisoned_model_key()
-    meta = cache.load("poisoned-models", poisoned_key, bundle.model) if c.use_cache else None
-    if meta is not None:
-        card["pretrain"] = meta["stats"]
-        costs["pretrain_seconds"] = 0.0
-        log(f"pretrain: reused cached poisoned model {poisoned_key[:12]}")
-    else:
-        tokens = bundle.tokenizer(poisoned_pairs.captions)
-        batches = InMemoryBatches({"images": poisoned_pairs.images.to(plan.device), "tokens": tokens.to(plan.device)},
-                                  c.pretrain.batch_size)
-        stats = train(bundle.model, batches, _pretrain_objective(bundle), c.pretrain, seed=derive_seed(c.seed, "pretrain"),
-                      stage="pretrain", device=plan.device, progress=progress)
-        card["pretrain"] = stats.to_dict()
-        costs["pretrain_seconds"] = stats.seconds
-        if c.use_cache:
-            cache.save("poisoned-models", poisoned_key, bundle.model, {"stats": stats.to_dict(), "config": c.to_dict()})
-        log(f"pretrain: {stats.steps} steps in {stats.seconds:.1f} s ({stats.items_per_second:.0f} img/s)")
-    card["artifacts"] = {"poisoned_model": poisoned_key, "poisoned_model_reused": meta is not None}
+    with artifacts.computing(POISONED_MODELS, "poisoned_model"):
+        meta = artifacts.load_model(POISONED_MODELS, "poisoned_model", bundle.model)
+        if meta is not None:
+            card["pretrain"] = meta["stats"]
+            log(f"pretrain: reused cached poisoned model {artifacts.keys['poisoned_model'][:12]}")
+        else:
+            tokens = bundle.tokenizer(poisoned_pairs.captions)
+            batches = InMemoryBatches(
+                {"images": poisoned_pairs.images.to(plan.device), "tokens": tokens.to(plan.device)}, c.pretrain.batch_size
+            )
+            stats = train(bundle.model, batches, _pretrain_objective(bundle), c.pretrain,
+                          seed=derive_seed(c.seed, "pretrain"), stage="pretrain", device=plan.device, progress=progress)
+            card["pretrain"] = stats.to_dict()
+            artifacts.save_model(POISONED_MODELS, "poisoned_model", bundle.model,
+                                 {"stats": stats.to_dict(), "config": c.to_dict()})
+            log(f"pretrain: {stats.steps} steps in {stats.seconds:.1f} s ({stats.items_per_second:.0f} img/s)")
+    costs["pretrain_seconds"] = card["pretrain"]["seconds"]
 
     card["stage"] = "evaluation"
-    before = evaluate(bundle, data.test, attack, target_index, c.seed, plan.device)
+    before = artifacts.evaluation(
+        "poisoned_evaluation", lambda: evaluate(bundle, data.test, attack, target_index, c.seed, plan.device)
+    )
     costs["eval_seconds"] = before["seconds"]
     card["metrics"] = {"poisoned": before}
     log(f"poisoned model: CA {before['ca_top1']['value']:.1%}  ASR {before['asr']['value']:.1%}")
 
-    defense = plan.defense_cls(plan.defense_options)
-    context = DefenseContext(
-        data.clean, plan.device, derive_seed(c.seed, "defense"), progress, needs=frozenset(defense.needs),
-        defense_name=c.defense,
-        restricted=restricted_data(poisoned_pairs, poison.indices, data.test, attack, target_index, c.seed),
-    )
-    start = time.perf_counter()
     card["stage"] = f"defense {c.defense!r}"
-    bundle.model = defense.apply(copy.copy(bundle), context)
-    costs["defense_seconds"] = time.perf_counter() - start
-    card["defense"]["training"] = [s.to_dict() for s in context.stats]
-    card["defense"]["notes"] = context.notes
-    after = evaluate(bundle, data.test, attack, target_index, c.seed, plan.device)
-    costs["eval_seconds"] += after["seconds"]
+    with artifacts.computing(DEFENDED_MODELS, "defended_model"):
+        meta = None if plan.defense_is_identity else artifacts.load_model(DEFENDED_MODELS, "defended_model", bundle.model)
+        if meta is not None:
+            card["defense"].update(training=meta["training"], notes=meta["notes"])
+            costs["defense_seconds"] = meta["seconds"]
+            log(f"defense: reused cached defended model {artifacts.keys['defended_model'][:12]}")
+        else:
+            defense = plan.defense_cls(plan.defense_options)
+            context = DefenseContext(
+                data.clean, plan.device, derive_seed(c.seed, "defense"), progress, needs=frozenset(defense.needs),
+                defense_name=c.defense,
+                restricted=restricted_data(poisoned_pairs, poison.indices, data.test, attack, target_index, c.seed),
+            )
+            start = time.perf_counter()
+            bundle.model = defense.apply(copy.copy(bundle), context)
+            costs["defense_seconds"] = time.perf_counter() - start
+            card["defense"]["training"] = [s.to_dict() for s in context.stats]
+            card["defense"]["notes"] = context.notes
+            if plan.defense_is_identity:
+                artifacts.record["defended_model_reused"] = artifacts.record["poisoned_model_reused"]
+            else:
+                artifacts.save_model(DEFENDED_MODELS, "defended_model", bundle.model, {
+                    "training": card["defense"]["training"], "notes": context.notes,
+                    "seconds": costs["defense_seconds"], "config": c.to_dict()})
+
+    card["stage"] = "evaluation"
+    if artifacts.keys["defended_evaluation"] == artifacts.keys["poisoned_evaluation"]:
+        after = before
+        artifacts.record["defended_evaluation_reused"] = True
+    else:
+        after = artifacts.evaluation(
+            "defended_evaluation", lambda: evaluate(bundle, data.test, attack, target_index, c.seed, plan.device)
+        )
+        costs["eval_seconds"] += after["seconds"]
     card["metrics"]["defended"] = after
     card["metrics"]["change"] = {
         "ca_top1": after["ca_top1"]["value"] - before["ca_top1"]["value"],
         "asr": after["asr"]["value"] - before["asr"]["value"],
         "ra": after["ra"]["value"] - before["ra"]["value"],
     }
-    costs["total_seconds"] = time.perf_counter() - total_start
+    costs["total_seconds"] = sum(costs.values())
+    card["wall_seconds"] = time.perf_counter() - wall_start
+    card["reused"] = [name for name in artifacts.keys if artifacts.record[f"{name}_reused"]]
     card["status"] = "ok"
     card.pop("stage", None)
     card["finished"] = runcard.now()
-    runcard.write_card(path, card)
+    if distributed.is_main():
+        runcard.write_card(path, card)
 
 
 def _fail(card: dict, path: Path, error: Exception) -> None:
@@ -224,4 +397,5 @@ def _fail(card: dict, path: Path, error: Exception) -> None:
     card["status"] = "failed"
     card["error"] = str(error)
     card["finished"] = runcard.now()
-    runcard.write_card(path, card)
+    if distributed.is_main():
+        runcard.write_card(path, card)

@@ -4,6 +4,7 @@ AdamW with the reference's weight-decay exclusions (parameters whose name contai
 `bias` or `logit_scale`), linear warm-up then cosine decay computed per step (without the
 reference's one-epoch offset, spec section 9 item 2), the logit scale clamped to [0, ln 100] after
 every step, AMP on CUDA (bf16 where supported), a tqdm bar, and a NaN check that stops at once.
+Under torchrun the objective gets a `distributed.ShardedModel` (DDP, embeddings gathered across ranks).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cleanbench import distributed
 from cleanbench.data.lazy import file_batches
 from cleanbench.errors import NonFiniteLossError
 from cleanbench.seeding import derive_seed, torch_generator
@@ -137,30 +139,33 @@ def train(
     logit_scale = getattr(model, "logit_scale", None)
     step, last, epoch_losses = 0, float("nan"), []
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=stage, disable=not progress, leave=False, unit="step")
-    for _ in range(config.epochs):
-        running, seen = 0.0, 0
-        for batch in batches.epoch(order):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, config.lr, config.warmup_steps, total)
-            with _autocast(device):
-                loss = objective(model, batch)["loss"]
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                bar.close()
-                raise NonFiniteLossError(stage, step, value)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if logit_scale is not None:
-                with torch.no_grad():
-                    logit_scale.clamp_(0, max_log_scale)
-            running, seen, last = running + value, seen + 1, value
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{value:.3f}")
-        epoch_losses.append(running / max(1, seen))
+    bar = tqdm(total=total, desc=stage, disable=not progress or not distributed.is_main(), leave=False, unit="step")
+    with distributed.sharded(model, device) as view:
+        for _ in range(config.epochs):
+            running, seen = 0.0, 0
+            for batch in batches.epoch(order):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, config.lr, config.warmup_steps, total)
+                with _autocast(device):
+                    loss = objective(view, batch)["loss"]
+                    if isinstance(view, distributed.ShardedModel):
+                        loss = view.with_every_parameter(loss)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    bar.close()
+                    raise NonFiniteLossError(stage, step, value)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if logit_scale is not None:
+                    with torch.no_grad():
+                        logit_scale.clamp_(0, max_log_scale)
+                running, seen, last = running + value, seen + 1, value
+                step += 1
+                bar.update()
+                bar.set_postfix(loss=f"{value:.3f}")
+            epoch_losses.append(running / max(1, seen))
     bar.close()
     seconds = time.perf_counter() - start
     items = step * batches.batch_size * items_per_pair
