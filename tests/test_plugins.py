@@ -252,3 +252,13 @@ def test_undeclared_read_fails_the_run_with_the_fix(tmp_path, tiny, capsys):
     assert code == 1 and "add 'poison_indices' to the class's `needs`" in err
     (card,) = _cards(config.results_dir)
     assert card["status"] == "failed"
+
+
+def test_the_documented_example_passes_the_check(tmp_path, capsys):
+    text = (Path(__file__).parent.parent / "docs" / "defenses.md").read_text()
+    example = text.split("### A complete small example")[1].split("```python\n")[1].split("```")[0]
+    path = tmp_path / "my_defense.py"
+    path.write_text(example)
+    code, out, err = _run(capsys, "check-plugin", "shrink-finetune", "--plugin", str(path), "--defense-opt", "epochs=1")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "PASS shrink-finetune"
