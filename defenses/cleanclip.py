@@ -39,6 +39,7 @@ class CleanCLIP(ContrastiveFinetune):
     description = "finetune on clean pairs with CLIP loss + in-modal self-supervised loss (lambda1 = lambda2 = 1)"
     source = "Bansal et al., CleanCLIP, ICCV 2023"
     Options = CleanCLIPOptions
+    version = "2"  # 2: EDA text views as spec 3.2 (stop words kept, WordNet from Debian's database)
 
     def objective_weights(self) -> tuple[float, float]:
         return self.options.clip_weight, self.options.inmodal_weight
