@@ -134,7 +134,7 @@ class SlurmExecutor(Executor):
     """
 
     def __init__(self, folder: str | Path, parameters: dict[str, Any], cluster: str | None = None,
-                 max_parallel: int | None = None, poll_seconds: float = 5.0) -> None:
+                 max_parallel: int | None = None, poll_seconds: float = 1.0) -> None:
         try:
             import submitit
         except ImportError as error:

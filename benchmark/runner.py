@@ -79,18 +79,19 @@ def _digest(value: str | None) -> str | None:
         stat = path.stat()
     except (OSError, ValueError):
         return None
-    return _digest_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns, path.is_dir())
+    if not path.is_dir():
+        return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = hashlib.sha256()
+    for root, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(f"{os.path.relpath(full, path)}\0{os.path.getsize(full)}\n".encode())
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
-def _digest_of(path: str, size: int, mtime_ns: int, is_dir: bool) -> str:
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    if is_dir:
-        for root, _, files in sorted(os.walk(path)):
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                digest.update(f"{os.path.relpath(full, path)}\0{os.path.getsize(full)}\n".encode())
-        return digest.hexdigest()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
@@ -109,6 +110,7 @@ class Plan:
             self.defense_cls.Options, config.defense_options, f"defense {config.defense!r} options"
         )
         self.device = resolve_device(config.device)
+        self._data_parts: dict[str, dict[str, Any]] = {}
         check_model(config.model.name, config.model.pretrained)
         if config.data.source == "embedded":
             try:
@@ -129,11 +131,14 @@ class Plan:
     def _data(self, part: str) -> dict[str, Any]:
         """The data settings one artifact depends on (`part`: pretrain, clean or eval), with a content
         digest of each file or folder they name, so that changed files get new keys."""
-        data = asdict(self.config.data)
-        fields = {"clean": _CLEAN_FIELDS, "eval": _EVAL_FIELDS}.get(part)
-        if fields is None:
-            fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS)
-        return {k: data[k] for k in fields} | {f"{k}_digest": _digest(data[k]) for k in fields if k in _FILE_FIELDS}
+        if part not in self._data_parts:
+            data = asdict(self.config.data)
+            fields = {"clean": _CLEAN_FIELDS, "eval": _EVAL_FIELDS}.get(part)
+            if fields is None:
+                fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS)
+            self._data_parts[part] = {k: data[k] for k in fields} | {
+                f"{k}_digest": _digest(data[k]) for k in fields if k in _FILE_FIELDS}
+        return self._data_parts[part]
 
     @property
     def defense_is_identity(self) -> bool:
