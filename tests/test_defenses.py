@@ -134,23 +134,29 @@ def test_supervised_refuses_unlabelled_data(small):
         _apply("supervised-finetune", bundle, unlabelled)
 
 
-def test_supervised_refusal_in_a_run_is_one_line_and_a_failed_card(tiny, capsys, monkeypatch):
-    import cleanbench.runner as runner
-
-    real = runner.load_embedded
-
-    def unlabelled(*args, **kwargs):
-        data = real(*args, **kwargs)
-        data.clean.labels = torch.full_like(data.clean.labels, -1)
-        return data
-
-    monkeypatch.setattr(runner, "load_embedded", unlabelled)
-    config = tiny(defense="supervised-finetune")
-    with pytest.raises(UsageError, match="needs a class label"):
-        run_cell(config, progress=False, log=lambda m: None)
-    cards = list(Path(config.results_dir).rglob("*.json"))
-    assert len(cards) == 1
-    card = json.loads(cards[0].read_text())
+def test_supervised_refusal_in_a_run_is_one_line_and_a_failed_card(tiny, tmp_path, capsys):
+    plugin = tmp_path / "unlabelled.py"  # SuFi on clean pairs whose labels are unknown
+    plugin.write_text(
+        "import torch\n"
+        "from cleanbench.defenses.supervised import SupervisedFinetune\n"
+        "from cleanbench.registry import register_defense\n"
+        "@register_defense\n"
+        "class Unlabelled(SupervisedFinetune):\n"
+        "    name = 'sufi-unlabelled'\n"
+        "    def apply(self, bundle, context):\n"
+        "        context.clean.labels = torch.full_like(context.clean.labels, -1)\n"
+        "        return super().apply(bundle, context)\n"
+    )
+    config = tiny(defense="sufi-unlabelled")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    code = main(["run", "--config", str(path), "--plugin", str(plugin), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        "error: defense 'sufi-unlabelled' needs a class label for every clean finetuning image, but 128 of 128 have none")
+    (card_path,) = Path(config.results_dir).rglob("*.json")
+    card = json.loads(card_path.read_text())
     assert card["status"] == "failed" and "needs a class label" in card["error"]
 
 
