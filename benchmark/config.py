@@ -246,7 +246,7 @@ def build_options(cls: type, values: dict[str, Any], where: str) -> Any:
 def _validate_model(model: ModelConfig) -> None:
     """The threat setting fits the weights: scratch starts from random weights, finetuning from trained ones."""
     if model.threat not in THREATS:
-        close = difflib.get_close_matches(model.threat, THREATS, n=1)
+        close = difflib.get_close_matches(model.threat, THREATS, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(f"model.threat {model.threat!r} is not known; {hint}use {' or '.join(THREATS)}")
     has_weights = bool(model.pretrained) or model.name.startswith("local-dir:")

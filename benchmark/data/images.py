@@ -60,12 +60,15 @@ class ImageSource(ABC):
         """Row `row` and its file, for messages."""
 
 
-def inside(root: Path, relative: str) -> bool:
-    """Whether `relative` (a path from a file list) stays inside `root` without resolving links."""
+def stays_inside(relative: str) -> bool:
+    """Whether a path from a file list stays inside the folder it is relative to (checked on the text:
+    not absolute, and no `..` that climbs out; links are not resolved)."""
     if os.path.isabs(relative):
         return False
+    if ".." not in relative:
+        return True
     normal = os.path.normpath(relative)
-    return normal != ".." and not normal.startswith(".." + os.sep) and not os.path.isabs(normal)
+    return normal != ".." and not normal.startswith(".." + os.sep)
 
 
 class PathSource(ImageSource):

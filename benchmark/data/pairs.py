@@ -20,7 +20,7 @@ import torch
 
 from cleanbench.data.base import PairSet
 from cleanbench.data.csvfile import CsvTable
-from cleanbench.data.images import CsvImagePaths, ImageFiles, inside
+from cleanbench.data.images import CsvImagePaths, ImageFiles, stays_inside
 from cleanbench.data.lazy import BAD_IMAGE_POLICIES, LazyColumn, ReadLog
 from cleanbench.errors import UsageError
 
@@ -97,7 +97,7 @@ def _index(
             if len(dropped) < 5:
                 dropped.append(f"{what} {file[0]}, line {line}: no image path")
             return False
-        if not allow_outside_root and not inside(Path(root), image):
+        if not allow_outside_root and not stays_inside(image):
             raise UsageError(
                 f"{what} {file[0]}, line {line}: image path {image!r} leaves the dataset root {root}; "
                 "set data.allow_outside_root: true if the CSV is trusted and that is intended"

@@ -34,7 +34,7 @@ from PIL import Image
 
 from cleanbench.data.base import ClassificationSet
 from cleanbench.data.csvfile import CsvTable
-from cleanbench.data.images import IMAGE_EXTENSIONS, CsvImagePaths, ImageFiles, ImageSource, PathSource, inside
+from cleanbench.data.images import IMAGE_EXTENSIONS, CsvImagePaths, ImageFiles, ImageSource, PathSource, stays_inside
 from cleanbench.data.lazy import ReadLog
 from cleanbench.errors import UsageError
 
@@ -242,7 +242,7 @@ def _labels_csv(layout: EvalLayout, classnames: tuple[str, ...], log: ReadLog, o
                 raise UsageError(f"{path}, line {line}: no image path; remove the row or set data.on_bad_image: skip")
             log.skip_when_indexed(f"{path}, line {line}", "no image path")
             return False
-        if not inside(layout.root, image):
+        if not stays_inside(image):
             raise UsageError(f"{path}, line {line}: image path {image!r} leaves the folder {layout.root}")
         if label.lstrip("-").isdigit():
             index = int(label)
