@@ -152,3 +152,17 @@ def test_streamed_evaluation_equals_in_memory_evaluation(imagenet_style):
     for key, value in b["stealthiness"].items():
         assert a["stealthiness"][key] == pytest.approx(value)
     assert a["skipped_images"] == 0 and files.images.log["images_read"] == 2 * 18  # read at once, then streamed
+
+
+def test_squash_triggered_evaluation_triggers_squashed_copies(imagenet_style):
+    """The reference's behaviour: clean images are cropped, the triggered copies made from squashed ones."""
+    classes = str(imagenet_style / "classes.yaml")
+    cropped = load_eval_set(str(imagenet_style), 32, classes_file=classes)
+    squashed = load_eval_set(str(imagenet_style), 32, classes_file=classes, squash_triggered=True)
+    torch.manual_seed(0)
+    bundle = build_model()
+    attack = BadNet(BadNetOptions(), 32, seed=0)
+    a = evaluate(bundle, cropped, attack, 2, seed=0, device="cpu")
+    b = evaluate(bundle, squashed, attack, 2, seed=0, device="cpu")
+    assert a["ca_top1"] == b["ca_top1"] and a["asr"]["total"] == b["asr"]["total"] == 12
+    assert a["stealthiness"]["l2"] != pytest.approx(b["stealthiness"]["l2"])  # another image under the patch

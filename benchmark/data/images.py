@@ -14,7 +14,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -205,7 +205,3 @@ class PoisonedImages(ImageFiles):
         where = hit.to(batch.device)
         batch[where] = trigger_rows(self.attack, batch[where], rows[hit], self.seed, self.STREAM)
         return batch
-
-    def describe(self) -> dict[str, Any]:
-        """What the run card says about how the poisoned images are made."""
-        return {"triggered_rows": len(self.rows), "squash_triggered": self.squash_triggered}
