@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from cleanbench import augment
-from cleanbench.augment import EDA, STOP_WORDS, clean_caption, load_wordnet
+from cleanbench.augment import EDA, clean_caption, load_wordnet
 from cleanbench.cli import main
 from cleanbench.config import build_options
 from cleanbench.data.base import PairSet
