@@ -2,7 +2,8 @@
 
 Every rank holds the whole dataset and walks the same seeded batch order, so every rank sees the
 same global batch. The objective is handed a `ShardedModel`: its `encode_image` / `encode_text`
-embed only this rank's rows of the batch and all-gather the embeddings of every rank, so each loss
+(and a call of the model) embed only this rank's rows of the batch and all-gather the embeddings of
+every rank, so each loss
 (CLIP, in-modal, a plugin's) is computed on the whole global batch, as the reference does (spec
 section 3.1). Gathering at the encoders, not inside each loss, means no loss needs to know about
 ranks, and augmented views drawn inside an objective are the same as in a single-process run.
@@ -196,23 +197,25 @@ def _synced_batch_norms(model: nn.Module) -> Iterator[None]:
             module.__class__ = cls
 
 
-class _Encoders(nn.Module):
-    """The module DDP wraps: one forward for either tower, so gradient hooks see every call."""
+class _Methods(nn.Module):
+    """The module DDP wraps: its forward calls any batch method of the model (`forward`,
+    `encode_image`, `encode_text`), so DDP's gradient hooks see every call."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, tower: str, inputs: torch.Tensor, normalize: bool) -> torch.Tensor:
-        encode = self.model.encode_image if tower == "image" else self.model.encode_text
-        return encode(inputs, normalize=normalize)
+    def forward(self, method: str, inputs: torch.Tensor, options: dict[str, Any]) -> Any:
+        call = self.model if method == "forward" else getattr(self.model, method)
+        return call(inputs, **options)
 
 
 class ShardedModel:
-    """What an objective sees under DDP: encoders that return the whole global batch's embeddings.
+    """What an objective sees under DDP: batch methods that return the whole global batch's output.
 
-    `encode_image` / `encode_text` embed this rank's share of the rows through DDP and gather the
-    rest; every other attribute (e.g. `logit_scale`) is the underlying model's.
+    `encode_image`, `encode_text` and calling the model (`model(inputs)`, e.g. a classifier) run
+    this rank's share of the rows through DDP and gather the rest, so they must return one tensor
+    with a row per input row; every other attribute (e.g. `logit_scale`) is the underlying model's.
     """
 
     def __init__(self, model: nn.Module, ddp: DistributedDataParallel) -> None:
@@ -221,18 +224,24 @@ class ShardedModel:
         self._trainable = [p for p in model.parameters() if p.requires_grad]
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self._encode("image", images, normalize)
+        return self._sharded("encode_image", images, normalize=normalize)
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self._encode("text", tokens, normalize)
+        return self._sharded("encode_text", tokens, normalize=normalize)
 
-    def _encode(self, tower: str, inputs: torch.Tensor, normalize: bool) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, **options: Any) -> torch.Tensor:
+        return self._sharded("forward", inputs, **options)
+
+    def _sharded(self, method: str, inputs: torch.Tensor, **options: Any) -> torch.Tensor:
         sizes = shard_sizes(len(inputs), world_size())
         if min(sizes) == 0:
             raise RunError(f"a batch of {len(inputs)} rows cannot be split over {world_size()} processes; "
                            "use a batch size of at least --nproc")
         start = sum(sizes[: rank()])
-        local = self._ddp(tower, inputs[start : start + sizes[rank()]], normalize)
+        local = self._ddp(method, inputs[start : start + sizes[rank()]], options)
+        if not isinstance(local, torch.Tensor) or len(local) != sizes[rank()]:
+            raise RunError(f"with several processes, the model's {method} must return one tensor with a row "
+                           f"per input row, not {type(local).__name__}")
         return gather_rows(local, sizes)
 
     def with_every_parameter(self, loss: torch.Tensor) -> torch.Tensor:
@@ -251,7 +260,7 @@ def sharded(model: nn.Module, device: torch.device) -> Iterator[nn.Module | Shar
         yield model
         return
     with _synced_batch_norms(model):
-        ddp = DistributedDataParallel(_Encoders(model), device_ids=[device.index] if device.type == "cuda" else None)
+        ddp = DistributedDataParallel(_Methods(model), device_ids=[device.index] if device.type == "cuda" else None)
         yield ShardedModel(model, ddp)
 
 

@@ -295,6 +295,8 @@ def dry_run_table(cells: Sequence[Cell]) -> str:
         cache = _cache(cell)
         if done_card(cell.card_path, cell.cell_key):
             work = "done (card exists)"
+        elif not cell.config.use_cache:
+            work = "train poisoned model, defend (no cache)"
         elif not cache.has(POISONED_MODELS, cell.poisoned_key) and cell.poisoned_key in trained_by:
             work = f"defend (poisoned model from #{trained_by[cell.poisoned_key]})"
         elif not cache.has(POISONED_MODELS, cell.poisoned_key):
@@ -396,7 +398,7 @@ class Reporter:
     def cell_done(self, cell: Cell, result: dict[str, Any]) -> None:
         self.bar.update()
         self.event("cell", cell=cell.index, attack=cell.attack, defense=cell.defense, budget=cell.budget,
-                   seed=cell.seed, cell_key=cell.cell_key, **result)
+                   seed=cell.seed, cell_key=cell.cell_key, **{k: v for k, v in result.items() if k != "index"})
         self.line(f"[{cell.index}/{self.total}] {cell.label()}: {_describe(result)}")
 
     def close(self) -> None:
@@ -445,9 +447,9 @@ def schedule(cells: Sequence[Cell], jobs: dict[int, Job], executor: Executor,
     waiting: dict[int, list[Cell]] = {}
     leaders: dict[str, Cell] = {}
     for cell in cells:
-        if done_card(cell.card_path, cell.cell_key):
-            results[cell.index] = {"index": cell.index, "status": "skipped", "seconds": 0.0,
-                                   **_card_result(done_card(cell.card_path, cell.cell_key) or {})}
+        card = done_card(cell.card_path, cell.cell_key)
+        if card is not None:
+            results[cell.index] = {"index": cell.index, "status": "skipped", "seconds": 0.0, **_card_result(card)}
             on_done(cell, results[cell.index])
         elif _cache(cell).has(POISONED_MODELS, cell.poisoned_key) or not cell.config.use_cache:
             ready.append(cell)
