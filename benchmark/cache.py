@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,14 @@ class ArtifactCache:
         data = weights.read_bytes()
         try:
             meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None
-        if meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(data).hexdigest():
             return None
         try:
             model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-        except (RuntimeError, ValueError):  # an architecture that no longer fits: recompute
-            return None
+        except (RuntimeError, ValueError, TypeError, AttributeError, EOFError, pickle.UnpicklingError):
+            return None  # an architecture that no longer fits, or a file that is not plain weights: recompute
         return meta
 
     def save(self, kind: str, key: str, model: nn.Module, meta: dict) -> Path:
@@ -93,13 +94,15 @@ class ArtifactCache:
         _, path = self._paths(kind, key)
         try:
             stored = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return None
         if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("value"), dict):
+            return None
+        if stored.get("sha256") != content_key(stored["value"]):  # damaged, or written without a hash
             return None
         return stored["value"]
 
     def save_json(self, kind: str, key: str, value: dict) -> Path:
-        """Store a JSON artifact atomically."""
+        """Store a JSON artifact atomically, with the hash of its value that `load_json` verifies."""
         _, path = self._paths(kind, key)
-        return write_json_atomic(path, {"key": key, "value": value})
+        return write_json_atomic(path, {"key": key, "value": value, "sha256": content_key(value)})

@@ -182,8 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     except CleanbenchError as error:
         if debug:
             raise
-        click.echo(f"error: {error}", err=True)
+        cause = error.__cause__  # a run failure raised by other code (a plugin, a library): its traceback helps
+        unexpected = isinstance(error, RunError) and cause is not None and not isinstance(cause, CleanbenchError)
+        hint = " (`cleanbench --debug ...` shows the traceback)" if unexpected else ""
+        click.echo(f"error: {error}{hint}", err=True)
         return error.exit_code
+    except Exception as error:  # a bug, not bad input: still one line, the traceback behind --debug
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(error).__name__}: {error}; this is a bug in cleanbench or a plugin: "
+                   "run again with `cleanbench --debug ...` and report the traceback", err=True)
+        return 1
     return 0
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -286,6 +287,23 @@ def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
     return device.type == "cuda" and sum(isinstance(m, nn.Conv2d) for m in model.visual.modules()) > 1
 
 
+def _mismatch(error: BaseException) -> str:
+    """One line saying how a checkpoint differs from the model (torch lists every key, on many lines)."""
+    text = str(error)
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: ([^\n]*)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: ([^\n]*)")):
+        found = re.search(pattern, text)
+        keys = re.findall(r'"([^"]+)"', found.group(1)) if found else []
+        if keys:
+            parts.append(f"{len(keys)} {label} key(s), e.g. {keys[0]!r}")
+    shapes = re.findall(r"size mismatch for ([^:\s]+):", text)
+    if shapes:
+        parts.append(f"{len(shapes)} tensor(s) of another shape, e.g. {shapes[0]!r}")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return "; ".join(parts) or f"{type(error).__name__}: {first[:200]}".rstrip(": ")
+
+
 def build_model(
     name: str = TINY_MODEL, pretrained: str | None = None, device: str = "cpu", trust_checkpoint: bool = False
 ) -> ModelBundle:
@@ -295,12 +313,28 @@ def build_model(
     try:
         with quiet_root_logger(random_init):
             model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as error:
-        raise UsageError(
-            f"{pretrained or name} is not a plain weights file (loading with weights_only=True refused: "
-            f"{str(error).splitlines()[0]}). If you trust the file, set model.trust_checkpoint: true"
-        ) from error
-    except (RuntimeError, ValueError, FileNotFoundError) as error:
+    except (pickle.UnpicklingError, RuntimeError, ValueError, FileNotFoundError, EOFError, AssertionError, KeyError,
+            TypeError, AttributeError) as error:
+        text = str(error)
+        first = re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0]) if text.strip() else type(error).__name__
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+            raise UsageError(
+                f"{pretrained or name} is not a plain weights file (loading with weights_only=True refused: "
+                f"{first}). If you trust the file, set model.trust_checkpoint: true"
+            ) from error
+        file = pretrained if pretrained and os.path.isfile(pretrained) else name if _local_dir(name) else None
+        if file and ("Error(s) in loading state_dict" in text or isinstance(error, AssertionError)):
+            raise UsageError(
+                f"checkpoint {file!r} does not fit model {name}: {_mismatch(error)}; pass the --model it was "
+                "trained with, or a checkpoint of this model"
+            ) from error
+        if file:
+            raise UsageError(
+                f"checkpoint {file!r} cannot be read as weights of {name} ({type(error).__name__}: {first[:200]}); "
+                "it may be truncated or damaged: download or export it again"
+            ) from error
+        if not isinstance(error, (RuntimeError, ValueError, FileNotFoundError)):
+            raise
         raise RunError(
             f"could not load weights {pretrained or name!r} for {name}: {error}. Offline, put the weights in "
             "open_clip's cache or pass a local file with --pretrained PATH"
