@@ -267,9 +267,10 @@ def check_plugin(name: str, plugin: tuple[str, ...], defense_opt: tuple[str, ...
     click.echo(f"check-plugin {name!r}: tiny badnet configuration on cpu, seed {seed}")
     report = check_defense(name, overrides, seed, log=click.echo)
     cost = report.cost
+    training = (f"{cost['training_steps']} training steps at {cost['items_per_second']:.0f} items/s"
+                if cost["training_steps"] else "no training")
     click.echo(
-        f"  cost  {cost['apply_seconds']:.1f} s per apply ({cost['device']}, {cost['threads']} threads), "
-        f"{cost['training_steps']} training steps at {cost['items_per_second']:.0f} items/s, "
-        f"{cost['tensors_changed']} of {cost['tensors']} tensors changed"
+        f"  cost  {cost['apply_seconds']:.1f} s per apply ({cost['device']}, torch threads: {cost['threads']}), "
+        f"{training}, {cost['tensors_changed']} of {cost['tensors']} tensors changed"
     )
     click.echo(f"PASS {name}")
