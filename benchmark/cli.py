@@ -49,6 +49,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N [default: auto].")
 @click.option("--model", default=None, help=f"open_clip model name [default: {DEFAULTS.model.name}].")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path [default: none].")
+@click.option("--threat", default=None, type=click.Choice(["scratch", "finetune-pretrained"]), help="Train the poisoned model from random weights, or finetune --pretrained weights [default: scratch].")
 @click.option("--results-dir", default=None, help=f"Where run cards go [default: {DEFAULTS.results_dir}].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML config (or a run card to reproduce); options override it.")
 @click.option("--preset", default=None, help="Named settings under --config and the options, e.g. paper-cc3m-rn50-scratch, paper-openai-rn50-finetune (docs/real-data.md).")
@@ -90,6 +91,8 @@ def run(**options) -> None:
         overrides["model"] = {"name": model["model"], **({"pretrained": model["pretrained"]} if "pretrained" in model else {})}
     elif "pretrained" in model:
         overrides["model"] = {"pretrained": model["pretrained"]}
+    if options["threat"]:
+        overrides.setdefault("model", {})["threat"] = options["threat"]
     if options["no_cache"]:
         overrides["use_cache"] = False
     files = {key: options[option] for key, option in (("train", "data"), ("eval", "eval_data")) if options[option]}

@@ -181,7 +181,8 @@ def from_dict(cls: type, values: Any, where: str = "config") -> Any:
     for key, value in values.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}" if names else (
+                "; it takes no options: remove it")
             raise UsageError(f"{where}: unknown key {key!r}{hint}")
         kwargs[key] = _check_value(value, hints[key], f"{where}.{key}")
     try:
@@ -257,8 +258,8 @@ def _validate_model(model: ModelConfig) -> None:
         )
     if model.threat == "scratch" and has_weights:
         raise UsageError(
-            "pretrained weights are given but model.threat is scratch (training from random weights); set "
-            "model.threat: finetune-pretrained to poison the pretrained model, or drop the weights"
+            "pretrained weights are given but model.threat is scratch (training from random weights); add "
+            "--threat finetune-pretrained (model.threat) to poison the pretrained model, or drop the weights"
         )
 
 

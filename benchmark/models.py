@@ -150,6 +150,7 @@ def tokenizer_for(name: str) -> Tokenizer:
 
 def model_config(name: str) -> dict[str, Any]:
     """open_clip's configuration of model `name` (or of a `local-dir:` folder)."""
+    check_model(name)
     folder = _local_dir(name)
     config = _local_config(folder).get("model_cfg") if folder is not None else open_clip.get_model_config(name)
     if not config:

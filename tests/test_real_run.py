@@ -130,6 +130,13 @@ def test_threat_must_fit_the_weights(model, message):
         validate(from_dict(RunConfig, {"model": model}))
 
 
+def test_threat_on_the_command_line(capsys, tmp_path):
+    code, _, err = _run(capsys, "run", "--pretrained", "weights.pt", "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and "add --threat finetune-pretrained" in err
+    code, _, err = _run(capsys, "run", "--threat", "finetune-pretrained", "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and "give its weights with --pretrained" in err
+
+
 def test_presets_write_down_the_paper_settings(tmp_path, files):
     train, evaluation, _ = files
     scratch = from_dict(RunConfig, merge(preset_values("paper-cc3m-rn50-scratch"),
