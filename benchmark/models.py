@@ -331,7 +331,8 @@ def build_model(
             ) from error
         if file:
             raise UsageError(
-                f"checkpoint {file!r} cannot be read as weights of {name} ({type(error).__name__}: {first[:200]}); "
+                f"checkpoint {file!r} cannot be read as weights of {name} ({type(error).__name__}: "
+                f"{first.split('. ')[0][:160]}); "
                 "it may be truncated or damaged: download or export it again"
             ) from error
         if not isinstance(error, (RuntimeError, ValueError, FileNotFoundError)):

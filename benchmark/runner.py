@@ -292,6 +292,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     costs = card["costs"]
     wall_start = time.perf_counter()
 
+    card["stage"] = "data"
     start = time.perf_counter()
     data = load_data(c.data, c.seed)
     card["data"] = data.info  # file-backed data keeps counting reads and skips in it until the card is written
@@ -301,6 +302,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     log(f"data: {len(data.pretrain)} pretraining pairs, {len(data.clean)} clean pairs, {len(data.test)} test images "
         f"({costs['data_seconds']:.1f} s)")
 
+    card["stage"] = f"attack {c.attack!r}"
     attack = plan.attack_cls(plan.attack_options, c.data.image_size, c.seed)
     card["attack"].update(attack.describe())
     budget = poison_budget(len(data.pretrain), c.poison_rate, c.poison_count) if c.attack != "none" else 0
