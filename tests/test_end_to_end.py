@@ -37,12 +37,15 @@ def test_none_attack_is_a_clean_control(tiny):
 
 @pytest.mark.slow
 def test_default_trigger_implants_and_cleanclip_lowers_asr(tmp_path):
-    """A small version of the default cell (about a minute on 2 cores), fixed seed."""
+    """A small version of the default cell (about 90 s on 2 idle cores), fixed seed.
+
+    Measured (seed 0): poisoned CA 70.8 % / ASR 97.1 %, after CleanCLIP CA 68.6 % / ASR 38.5 %.
+    """
     config = RunConfig(
         data=DataConfig(n_pretrain=4000, n_clean=1000, n_test=500),
-        pretrain=TrainConfig(epochs=8, batch_size=128, warmup_steps=25),
+        pretrain=TrainConfig(epochs=10, batch_size=128, warmup_steps=25),
         defense_options={"epochs": 10},
-        poison_rate=0.03,
+        poison_rate=0.05,
         seed=0,
         results_dir=str(tmp_path / "results"),
         cache_dir=str(tmp_path / "cache"),
