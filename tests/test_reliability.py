@@ -649,27 +649,48 @@ def _code_lines(path: Path) -> list[tuple[int, str]]:
     return out
 
 
+def _unsafe_calls(path: Path) -> list[str]:
+    """Calls in `path` that could run code from a file: eval/exec, unsafe YAML or pickle loaders, torch.load
+    without weights_only=True, and weights_only set to anything but True or `not trust_checkpoint`."""
+    found = []
+    lines = _code_lines(path)
+    text = "\n".join(code for _, code in lines)
+    for number, code in lines:
+        if re.search(r"(?<![\w.])(eval|exec)\(", code):
+            found.append(f"{path}:{number}: eval/exec: {code.strip()}")
+        if re.search(r"yaml\.(load|unsafe_load|full_load|load_all)\(|yaml\.(Unsafe|Full)?Loader\b|pickle\.loads?\(|"
+                     r"torch\.jit\.load\(|marshal\.loads?\(", code):
+            found.append(f"{path}:{number}: unsafe loader: {code.strip()}")
+    for match in re.finditer(r"torch\.load\(", text):
+        if "weights_only=True" not in text[match.start(): match.start() + 200]:
+            found.append(f"{path}: torch.load without weights_only=True: {text[match.start():][:120]}")
+    for match in re.finditer(r"weights_only\s*=\s*(?!True)([^,)\s]+)", text):
+        if match.group(1) != "not" or "trust_checkpoint" not in text[match.start(): match.start() + 60]:
+            found.append(f"{path}: weights_only={match.group(1)} not behind model.trust_checkpoint")
+    return found
+
+
 def test_the_code_has_no_eval_unsafe_yaml_or_unsafe_torch_load():
     assert len(SOURCES) > 40
-    found = []
-    for path in SOURCES:
-        lines = _code_lines(path)
-        text = "\n".join(code for _, code in lines)
-        for number, code in lines:
-            if re.search(r"(?<![\w.])(eval|exec)\(", code):
-                found.append(f"{path}:{number}: eval/exec: {code.strip()}")
-            if re.search(r"yaml\.(load|unsafe_load|full_load|load_all)\(|yaml\.(Unsafe|Full)?Loader\b|pickle\.loads?\(|"
-                         r"torch\.jit\.load\(|marshal\.loads?\(", code):
-                found.append(f"{path}:{number}: unsafe loader: {code.strip()}")
-        for match in re.finditer(r"torch\.load\(", text):
-            if "weights_only=True" not in text[match.start(): match.start() + 200]:
-                found.append(f"{path}: torch.load without weights_only=True: {text[match.start():][:120]}")
-        for match in re.finditer(r"weights_only\s*=\s*(?!True)([^,)\s]+)", text):
-            if match.group(1) != "not" or "trust_checkpoint" not in text[match.start(): match.start() + 60]:
-                found.append(f"{path}: weights_only={match.group(1)} not behind model.trust_checkpoint")
+    found = [problem for path in SOURCES for problem in _unsafe_calls(path)]
     assert not found, "\n".join(found)
     models = (REPO / "benchmark" / "models.py").read_text()
     assert "weights_only=not trust_checkpoint" in models  # the one place that may unpickle, and only when trusted
+
+
+@pytest.mark.parametrize("code, caught", [
+    ("x = eval(text)", True), ("names = exec(text)", True), ("model.eval()", False), ("parse_eval(spec)", False),
+    ("values = yaml.load(text, Loader=yaml.Loader)", True), ("values = yaml.safe_load(text)", False),
+    ("values = yaml.unsafe_load(text)", True), ("state = pickle.loads(data)", True),
+    ("state = torch.load(path)", True), ("state = torch.load(path, map_location='cpu', weights_only=True)", False),
+    ("state = torch.load(path, weights_only=False)", True), ("module = torch.jit.load(path)", True),
+    ("model = create(name, weights_only=not trust_checkpoint)", False), ("model = create(name, weights_only=flag)", True),
+    ("# eval(text) in a comment", False),
+])
+def test_the_scan_for_unsafe_calls_catches_them(tmp_path, code, caught):
+    path = tmp_path / "module.py"
+    path.write_text(f"def f(text, path, data, name, flag, trust_checkpoint):\n    {code}\n")
+    assert bool(_unsafe_calls(path)) == caught
 
 
 def test_run_card_text_is_escaped_and_bad_cards_are_skipped(capsys, tmp_path):
@@ -698,3 +719,18 @@ def test_run_card_text_is_escaped_and_bad_cards_are_skipped(capsys, tmp_path):
     code, out, err = _run(capsys, "results", str(tmp_path / "results"))
     assert code == 0, err
     assert len([line for line in out.splitlines() if "badnet" in line]) == 1
+
+
+# --- 6. docs/reliability.md ----------------------------------------------------------------------
+
+
+def test_every_test_the_reliability_page_cites_exists():
+    text = (REPO / "docs" / "reliability.md").read_text()
+    cited = set(re.findall(r"`?(test_\w+\.py)::(test_\w+)", text))
+    assert len(cited) > 60
+    missing = [f"{file}::{name}" for file, name in sorted(cited)
+               if not re.search(rf"^def {name}\(", (REPO / "tests" / file).read_text(), re.MULTILINE)]
+    assert not missing, missing
+    for file in ("test_reliability.py", "test_properties.py"):
+        defined = set(re.findall(r"^def (test_\w+)\(", (REPO / "tests" / file).read_text(), re.MULTILINE))
+        assert defined - {name for f, name in cited if f == file} == set(), f"tests of {file} not in docs/reliability.md"
