@@ -167,6 +167,7 @@ def results(results_dir: str) -> None:
 from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
 from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
+from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
 
 
 def main(argv: list[str] | None = None) -> int:

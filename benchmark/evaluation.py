@@ -30,6 +30,8 @@ from cleanbench.seeding import derive_seed, torch_generator
 
 EVAL_TRIGGER_STREAM = "eval-trigger"
 TEXT_BATCH = 2048
+IMAGE_BATCH = 512
+"""Images per forward pass when scoring in-memory test sets."""
 
 
 def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -67,7 +69,7 @@ def _topk(bundle: ModelBundle, images: torch.Tensor, classes: torch.Tensor, k: i
 
 @torch.no_grad()
 def predict_topk(
-    bundle: ModelBundle, images: torch.Tensor, classes: torch.Tensor, device, k: int = 5, batch_size: int = 512
+    bundle: ModelBundle, images: torch.Tensor, classes: torch.Tensor, device, k: int = 5, batch_size: int = IMAGE_BATCH
 ) -> torch.Tensor:
     """(N, k) indices of the k most similar classes for uint8 `images`."""
     out = []

@@ -28,7 +28,7 @@ from cleanbench import distributed, runcard
 from cleanbench.attacks.base import Attack
 from cleanbench.cache import DEFENDED_MODELS, EVALUATIONS, POISONED_MODELS, ArtifactCache, content_key
 from cleanbench.config import RunConfig, build_options, validate
-from cleanbench.data.base import class_index
+from cleanbench.data.base import PairSet, class_index
 from cleanbench.data.loading import load_data
 from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
@@ -204,6 +204,12 @@ def _pretrain_objective(bundle: ModelBundle) -> Callable[[torch.nn.Module, Batch
     return objective
 
 
+def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> InMemoryBatches:
+    """The pretraining batches: the (poisoned) pairs' images and tokenised captions on `device`."""
+    tokens = bundle.tokenizer(pairs.captions)
+    return InMemoryBatches({"images": pairs.images.to(device), "tokens": tokens.to(device)}, batch_size)
+
+
 def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, command: str | None = None) -> tuple[dict, Path]:
     """Run one cell and write its run card; returns the card and its path."""
     plan = Plan(config)
@@ -328,10 +334,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
             card["pretrain"] = meta["stats"]
             log(f"pretrain: reused cached poisoned model {artifacts.keys['poisoned_model'][:12]}")
         else:
-            tokens = bundle.tokenizer(poisoned_pairs.captions)
-            batches = InMemoryBatches(
-                {"images": poisoned_pairs.images.to(plan.device), "tokens": tokens.to(plan.device)}, c.pretrain.batch_size
-            )
+            batches = pretrain_batches(bundle, poisoned_pairs, plan.device, c.pretrain.batch_size)
             stats = train(bundle.model, batches, _pretrain_objective(bundle), c.pretrain,
                           seed=derive_seed(c.seed, "pretrain"), stage="pretrain", device=plan.device, progress=progress)
             card["pretrain"] = stats.to_dict()

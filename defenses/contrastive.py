@@ -24,7 +24,7 @@ from cleanbench.defenses.base import Defense, DefenseContext
 from cleanbench.losses import cleanclip_loss
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
-from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig
+from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainConfig
 
 REFERENCE_TRAINING: dict[str, Any] = dict(
     epochs=10, batch_size=64, lr=1e-5, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
@@ -82,10 +82,11 @@ class ContrastiveFinetune(Defense):
         """(lambda1, lambda2): the weights of the cross-modal and the in-modal terms."""
         raise NotImplementedError
 
-    def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
+    def prepare(self, bundle: ModelBundle, context: DefenseContext) -> tuple[InMemoryBatches, Objective, int]:
+        """The batches (with the text views, made here once), the objective and the encoded items per
+        pair that `apply` trains with; `cleanbench bench` times these."""
         options = self.options
         clip_weight, inmodal_weight = self.objective_weights()
-        model = bundle.model
         clean = context.clean
         tensors = {"images": clean.images.to(context.device), "tokens": bundle.tokenizer(clean.captions).to(context.device)}
         items_per_pair = 1
@@ -114,6 +115,10 @@ class ContrastiveFinetune(Defense):
                 scale, clip_weight, inmodal_weight,
             )
 
-        batches = InMemoryBatches(tensors, options.batch_size)
-        context.finetune(model, batches, objective, options.train_config(), f"defense:{self.name}", items_per_pair)
-        return model
+        return InMemoryBatches(tensors, options.batch_size), objective, items_per_pair
+
+    def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
+        batches, objective, items_per_pair = self.prepare(bundle, context)
+        context.finetune(bundle.model, batches, objective, self.options.train_config(), f"defense:{self.name}",
+                         items_per_pair)
+        return bundle.model
