@@ -10,17 +10,29 @@ import torch
 import yaml
 
 from cleanbench.attacks.badnet import BadNet
-from cleanbench.attacks.base import trigger_uint8
+from cleanbench.attacks.base import NoOptions, trigger_uint8
+from cleanbench.attacks.none import NoAttack
 from cleanbench.attacks.wanet import identity_grid
+from cleanbench.cache import ArtifactCache
 from cleanbench.cli import main
+from cleanbench.config import DataConfig
 from cleanbench.data.base import PairSet
+from cleanbench.data.embedded import load_embedded
 from cleanbench.errors import UsageError
+from cleanbench.evaluation import evaluate
+from cleanbench.models import build_model
 from cleanbench.poisoning import apply_poison, plan_poison
 from cleanbench.registry import ATTACKS
 from cleanbench.runner import run_cell
+from cleanbench.trainer import TrainConfig
 
 NAMES = ["blended", "wanet", "label-consistent", "sig", "solid-patch"]
 TEMPLATES = ("a photo of a {}.", "a {}.")
+RANDOM_OPTIONS = {  # options that give each attack per-image randomness where it has any
+    "blended": {"pattern": "fresh"},
+    "label-consistent": {"noise": "fresh", "location": "random"},
+    "solid-patch": {"location": "random"},
+}
 
 
 def make(name: str, size: int = 32, seed: int = 0, **options):
@@ -209,9 +221,7 @@ def test_label_consistent_budget_above_the_candidates_says_how_many_exist():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sample_and_apply_are_pure_and_work_on_batches(name):
-    attack = make(name, location="random") if name == "solid-patch" else make(name)
-    if name == "blended":
-        attack = make(name, pattern="fresh")
+    attack = make(name, **RANDOM_OPTIONS.get(name, {}))
     x = images(5)
     before = x.clone()
     params = attack.sample(len(x), generator(7))
@@ -236,7 +246,7 @@ def pretrain_pairs(count: int = 64) -> PairSet:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_poisoned_images_bit_for_bit(name):
-    options = {"location": "random"} if name == "solid-patch" else {"pattern": "fresh"} if name == "blended" else {}
+    options = RANDOM_OPTIONS.get(name, {})
 
     def poison(seed: int) -> PairSet:
         attack = make(name, seed=seed, **options)
@@ -365,25 +375,25 @@ def test_cli_rejects_bad_options_and_too_large_label_consistent_budgets(tmp_path
 
 # ---- implanting on a small training run -----------------------------------------------------------
 
-IMPLANTS = [
-    ("blended", {}),
-    ("wanet", {}),
-    ("label-consistent", {}),
-    ("sig", {}),
-    ("solid-patch", {}),
-]
+
+def target_rate_on_clean_images(config, card) -> float:
+    """How often the poisoned model calls a clean non-target test image the target (its base rate)."""
+    bundle = build_model(config.model.name, None, "cpu")
+    assert ArtifactCache(config.cache_dir).load("poisoned-models", card["artifacts"]["poisoned_model"], bundle.model)
+    data = load_embedded(config.seed, config.data.n_pretrain, config.data.n_clean, config.data.n_test)
+    control = NoAttack(NoOptions(), config.data.image_size, config.seed)
+    return evaluate(bundle, data.test, control, card["poison"]["target_index"], config.seed, "cpu")["asr"]["value"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,options", IMPLANTS)
-def test_attack_implants_on_a_small_training_run(tiny, name, options):
-    from cleanbench.config import DataConfig
-    from cleanbench.trainer import TrainConfig
-
+@pytest.mark.parametrize("name", ["blended", "sig", "solid-patch"])
+def test_attack_implants_on_a_small_training_run(tiny, name):
+    """1,500 pairs, 6 epochs, 20 % poisoned: too short to learn the shapes (CA near chance), long
+    enough for these triggers. WaNet and label-consistent need the full-size run (docs/attacks.md)."""
     config = tiny(
-        attack=name, attack_options=options, defense="none", poison_rate=0.05,
-        data=DataConfig(n_pretrain=2000, n_clean=64, n_test=300),
-        pretrain=TrainConfig(epochs=4, batch_size=128, warmup_steps=6),
+        attack=name, defense="none", defense_options={}, poison_rate=0.2,
+        data=DataConfig(n_pretrain=1500, n_clean=64, n_test=300),
+        pretrain=TrainConfig(epochs=6, batch_size=64, warmup_steps=14),
     )
     card, _ = run_cell(config, progress=False, log=lambda message: None)
     assert card["metrics"]["poisoned"]["asr"]["value"] >= 0.8
+    assert target_rate_on_clean_images(config, card) <= 0.25  # the trigger, not the target, is learned
