@@ -48,17 +48,19 @@ def stealthiness(clean: torch.Tensor, triggered: torch.Tensor) -> dict[str, floa
     """Mean L-inf and L2 distance (images scaled to [0, 1]) and mean PSNR (dB) between image batches.
 
     PSNR of an image pair that is identical is infinite; the mean is then taken over the changed
-    images only (NaN if none changed).
+    images only (NaN if none changed). The images are uint8; differences and sums of squares are
+    computed exactly (integers), then scaled.
     """
-    a = clean.double().flatten(1) / 255
-    b = triggered.double().flatten(1) / 255
-    diff = b - a
-    mse = diff.pow(2).mean(dim=1)
-    changed = mse > 0
-    psnr = 10 * torch.log10(1 / mse[changed]) if changed.any() else torch.tensor([math.nan])
+    if clean.dtype != torch.uint8 or triggered.dtype != torch.uint8:
+        raise TypeError(f"stealthiness compares uint8 images, not {clean.dtype} and {triggered.dtype}")
+    diff = triggered.flatten(1).short() - clean.flatten(1).short()
+    squares = diff.float().square().sum(dim=1, dtype=torch.float64)  # integers: exact below 2**53
+    changed = squares > 0
+    mse = squares[changed] / (diff.shape[1] * 255**2)
+    psnr = 10 * torch.log10(1 / mse) if changed.any() else torch.tensor([math.nan])
     return {
-        "linf": float(diff.abs().amax(dim=1).mean()),
-        "l2": float(diff.norm(dim=1).mean()),
+        "linf": float(diff.abs().amax(dim=1).double().mean() / 255),
+        "l2": float(squares.sqrt().mean() / 255),
         "psnr_db": float(psnr.mean()),
         "changed_fraction": float(changed.double().mean()),
     }

@@ -81,10 +81,13 @@ class InMemoryBatches:
             yield from self.files.epoch(generator)
             return
         order = torch.randperm(self.count, generator=generator)
+        # the order on each tensor's device, copied once an epoch (not once a batch and tensor: on CUDA
+        # each such copy synchronised)
+        placed = {device: order.to(device) for device in {t.device for t in self.tensors.values()}}
         for i in range(len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            batch = {k: t[index.to(t.device)] for k, t in self.tensors.items()}
-            batch["index"] = index
+            rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            batch = {k: t[placed[t.device][rows]] for k, t in self.tensors.items()}
+            batch["index"] = order[rows]
             yield batch
 
 

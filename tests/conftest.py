@@ -38,3 +38,22 @@ def tiny_config(tmp_path, **overrides) -> RunConfig:
 def tiny(tmp_path):
     """Factory for tiny run configs rooted in this test's temporary folder."""
     return lambda **overrides: tiny_config(tmp_path, **overrides)
+
+
+@pytest.fixture
+def device_copies(monkeypatch):
+    """Call it to start recording the `Tensor.to` calls that name a device (each a synchronising
+    host-to-device copy on CUDA); it returns the list they are recorded in."""
+
+    def start() -> list:
+        copies, to = [], torch.Tensor.to
+
+        def counting(self, *args, **kwargs):
+            if any(isinstance(a, torch.device) for a in args) or "device" in kwargs:
+                copies.append(args)
+            return to(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, "to", counting)
+        return copies
+
+    return start

@@ -265,3 +265,16 @@ def test_run_card_says_which_text_operations_ran(tiny):
                        progress=False, log=lambda m: None)
     assert card["defense"]["notes"]["text_view_operations"] == ["insertion", "swap", "deletion"]
     assert card["defense"]["notes"]["wordnet"] is None
+
+
+def test_crop_jitter_draws_nine_numbers_per_image_and_moves_them_in_one_copy(device_copies):
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    view = augment.image_view("crop-jitter")
+    copies = device_copies()
+    generator = torch.Generator().manual_seed(1)
+    out = view(images, generator)
+    assert len(copies) == 1 and out.dtype == torch.uint8 and out.shape == images.shape
+    reference = torch.Generator().manual_seed(1)
+    torch.rand(6 * 9, generator=reference)
+    assert torch.equal(generator.get_state(), reference.get_state())
+    assert torch.equal(out, view(images, torch.Generator().manual_seed(1)))

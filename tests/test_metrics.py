@@ -12,6 +12,7 @@ from cleanbench.metrics import (
     der_bounds,
     interval_ranks,
     proportion,
+    stealthiness,
     summarize_proportions,
     summarize_values,
     t_interval,
@@ -99,3 +100,22 @@ def test_interval_ranks_tie_where_intervals_overlap():
     # lower is better: the 0.50 row is now first, the others overlap each other
     assert interval_ranks(means, lows, highs, higher_is_better=False) == [2, 2, 1, None, 2]
     assert interval_ranks([0.3, 0.2, 0.1], [0.3, 0.2, 0.1], [0.3, 0.2, 0.1]) == [1, 2, 3]
+
+
+def test_stealthiness_by_hand():
+    import torch
+
+    clean = torch.zeros(2, 3, 2, 2, dtype=torch.uint8)
+    triggered = clean.clone()
+    triggered[0, 0, 0, 0], triggered[0, 1, 1, 1] = 255, 51  # image 0 changed in two values, image 1 not at all
+    result = stealthiness(clean, triggered)
+    mse = (1 + 0.2**2) / 12
+    assert result["linf"] == pytest.approx(0.5, rel=1e-15)
+    assert result["l2"] == pytest.approx(math.sqrt(1 + 0.2**2) / 2, rel=1e-15)
+    assert result["psnr_db"] == pytest.approx(10 * math.log10(1 / mse), rel=1e-15)  # the changed image only
+    assert result["changed_fraction"] == 0.5
+    # 224 px, every value off by 255: the sum of squares (9.8e9) stays exact
+    big = stealthiness(torch.zeros(1, 3, 224, 224, dtype=torch.uint8), torch.full((1, 3, 224, 224), 255, dtype=torch.uint8))
+    assert big["l2"] == math.sqrt(3 * 224 * 224) and big["linf"] == 1.0 and big["psnr_db"] == 0.0
+    with pytest.raises(TypeError, match="uint8"):
+        stealthiness(clean.float(), triggered.float())

@@ -50,3 +50,14 @@ def test_overlong_caption_keeps_end_of_text():
 def test_unknown_model_suggests_close_name():
     with pytest.raises(UsageError, match="did you mean"):
         build_model("cleanbench-tinny")
+
+
+def test_normalisation_constants_are_made_once_per_device_and_dtype():
+    bundle = build_model()
+    images = torch.rand(2, 3, 32, 32)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (bundle.mean, bundle.std))
+    assert torch.equal(bundle.normalize(images), (images - mean) / std)
+    first = bundle._statistics[(images.device, torch.float32)]
+    assert bundle.normalize(images.double()).dtype == torch.float64
+    bundle.normalize(images)
+    assert bundle._statistics[(images.device, torch.float32)] is first and len(bundle._statistics) == 2

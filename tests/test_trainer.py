@@ -64,3 +64,15 @@ def test_nan_loss_stops_at_once_with_stage_and_step():
 
     with pytest.raises(NonFiniteLossError, match="pretrain: the loss became nan at step 0"):
         train(_Linear(), _toy(), objective, TrainConfig(epochs=1, batch_size=4), seed=0, stage="pretrain", progress=False)
+
+
+def test_batches_follow_the_epoch_order_and_place_it_once(device_copies):
+    data = _toy(10)
+    copies = device_copies()
+    batches = list(data.epoch(torch.Generator().manual_seed(0)))
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    assert [b["index"].tolist() for b in batches] == [order[:4].tolist(), order[4:8].tolist()]
+    for batch in batches:
+        assert torch.equal(batch["x"], data.tensors["x"][batch["index"]])
+        assert torch.equal(batch["y"], data.tensors["y"][batch["index"]])
+    assert len(copies) == 1  # the order, once an epoch, not once per batch and tensor
