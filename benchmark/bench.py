@@ -13,14 +13,15 @@ triggers, views, loss or optimizer. A training stage is compared with the bare m
 encoded items (CleanCLIP encodes each pair's originals and views: twice the batch).
 
 Each probe runs once as warm-up (under `FlopCounterMode`, which counts its FLOPs), then the probes
-run in turn, `repeats` times, so that a change of machine load hits all of them alike. A row shows
-the median and the spread ((max - min) / median) of its repetitions. A stage's `vs bare` is the
-median over repetitions of (stage time / bare time) from the same repetition: the overhead of a
-training step is that minus 1 (target: at most `TRAINING_TARGET`), the speed of the evaluation
-its inverse (target: at least `EVAL_TARGET`). The breakdown times each part of a step on its own
-(batching, input conversion, image views, loss, optimizer); what the parts and the bare model leave
-unexplained is `other` (Python, the trainer's bookkeeping, and timing noise). Text views and
-triggers of in-memory data are made once before training: their cost is in the setup rows.
+run in turn, `repeats` times (the stages first, each close to its bare baseline), so that a change
+of machine load hits all of them alike. A row shows the median and the spread ((max - min) /
+median) of its repetitions. A stage's comparison (`compared`) is the median over repetitions of
+(stage time / bare time) from the same repetition: the overhead of a training step is that minus 1
+(target: at most `TRAINING_TARGET`), the speed of the evaluation its inverse (target: at least
+`EVAL_TARGET`). The breakdown times each part of a step on its own (batching, input conversion,
+image views, loss, optimizer); what the parts and the bare model leave unexplained is `other`
+(Python, the trainer's bookkeeping, and timing noise). Text views and triggers of in-memory data
+are made once before training: their cost is in the setup rows.
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`: matrix products, convolutions and
 attention, forward and backward; element-wise work (normalisation, activations, the optimizer) is
@@ -109,7 +110,7 @@ class BenchConfig:
     device: str = "auto"
     batch_size: int = RunConfig().pretrain.batch_size
     image_size: int | None = None
-    repeats: int = 5
+    repeats: int = 7
     steps: int = 2
     eval_images: int = RunConfig().data.n_test
     peak_tflops: float | None = None
@@ -520,15 +521,18 @@ class _Bench:
     # --- timing ---
 
     def run(self) -> dict[str, Measure]:
-        """Warm every probe up (counting its FLOPs), then time them in turn `repeats` times."""
-        for key, (measure, fn) in self.probes.items():
-            if measure.group in ("model", "training", "evaluation"):
+        """Warm every probe up (counting its FLOPs), then time them in turn `repeats` times: the stages
+        first, each close to its bare baseline, then the parts, setup and triggers."""
+        stages = ("model", "training", "evaluation")
+        for measure, fn in self.probes.values():
+            if measure.group in stages:
                 measure.flops = count_flops(fn)
             else:
                 fn()
+        order = sorted(self.probes.values(), key=lambda probe: probe[0].group not in stages)
         for repeat in range(self.config.repeats):
             self.log(f"repetition {repeat + 1}/{self.config.repeats}")
-            for measure, fn in self.probes.values():
+            for measure, fn in order:
                 measure.seconds.append(_timed(fn, self.device))
         return {key: measure for key, (measure, _) in self.probes.items()}
 
@@ -599,8 +603,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda message: 
     bench.prepare()
     bench.bare_forward()
     bench.pretraining()
-    bench.defense("cleanclip", "CleanCLIP step (originals + views)")
     bench.defense("finetune", "finetuning step")
+    bench.defense("cleanclip", "CleanCLIP step (originals + views)")
     bench.evaluation()
     bench.triggers()
     if config.reference_triggers:
