@@ -74,7 +74,7 @@ from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import TINY_MODEL, build_model, check_model, input_size
 from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.registry import ATTACKS, DEFENSES
-from cleanbench.runner import _pretrain_objective, pretrain_batches, resolve_device
+from cleanbench.runner import pretrain_objective, pretrain_batches, resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
 from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig, decay_groups, train
 from cleanbench.trigger_bench import REFERENCE_OPTIONS, SIDE, reference_triggers
@@ -349,7 +349,7 @@ class _Bench:
     def pretraining(self) -> None:
         bundle, steps = self.bundle, self.config.steps
         batches = pretrain_batches(bundle, self.poisoned, self.device, self.batch)
-        objective = _pretrain_objective(bundle)
+        objective = pretrain_objective(bundle)
         stage_config = replace(self.cell.pretrain, epochs=1, batch_size=self.batch)
         seed = derive_seed(self.config.seed, "pretrain")
         baseline = self.bare(self.batch)

@@ -195,7 +195,9 @@ class Plan:
         return runcard.card_path(c.results_dir, c.attack, c.defense, self.budget_label, c.seed, self.cell_key())
 
 
-def _pretrain_objective(bundle: ModelBundle) -> Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]:
+def pretrain_objective(bundle: ModelBundle) -> Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]:
+    """The pretraining objective: the CLIP loss between the batch's images and tokenised captions."""
+
     def objective(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
         texts = model.encode_text(batch["tokens"], normalize=True)
@@ -335,7 +337,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
             log(f"pretrain: reused cached poisoned model {artifacts.keys['poisoned_model'][:12]}")
         else:
             batches = pretrain_batches(bundle, poisoned_pairs, plan.device, c.pretrain.batch_size)
-            stats = train(bundle.model, batches, _pretrain_objective(bundle), c.pretrain,
+            stats = train(bundle.model, batches, pretrain_objective(bundle), c.pretrain,
                           seed=derive_seed(c.seed, "pretrain"), stage="pretrain", device=plan.device, progress=progress)
             card["pretrain"] = stats.to_dict()
             artifacts.save_model(POISONED_MODELS, "poisoned_model", bundle.model,
