@@ -15,6 +15,7 @@ import difflib
 import itertools
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -320,6 +321,7 @@ class Job:
     plugins: list[str]
     cwd: str
     progress: bool = False
+    command: str | None = None
 
 
 _LOADED_PLUGINS: set[str] = set()
@@ -348,7 +350,7 @@ def run_job(job: Job) -> dict[str, Any]:
         with FileLock(lock_path):
             card = done_card(path, key)
             if card is None:
-                card, path = run_cell(config, progress=job.progress, log=lambda message: None)
+                card, path = run_cell(config, progress=job.progress, log=lambda message: None, command=job.command)
                 result["status"] = "ok"
             else:
                 result["status"] = "skipped"
@@ -521,8 +523,9 @@ def sweep_command(grid_file: str, dry_run: bool, executor_name: str | None, work
     reporter.event("start", grid=str(grid.path), executor=spec.name, **counts)
     if mode != "json":
         click.echo(f"sweep {grid.name!r}: {_counts_text(counts)}; executor: {executor.description or spec.name}")
+    command = "cleanbench " + shlex.join(sys.argv[1:])
     jobs = {c.index: Job(c.index, c.config.to_dict(), grid.plugins, os.getcwd(),
-                         progress=mode == "bars" and spec.name == "sequential") for c in cells}
+                         progress=mode == "bars" and spec.name == "sequential", command=command) for c in cells}
     try:
         results = schedule(cells, jobs, executor, reporter.cell_done)
     finally:
