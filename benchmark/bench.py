@@ -83,6 +83,9 @@ TRAINING_TARGET = 0.10
 """A training step may cost at most 10 % more than the bare model on the same encoded items."""
 EVAL_TARGET = 0.9
 """The evaluation should score images at least 0.9 times as fast as the bare image-encoder forward."""
+NOISY_SPREAD = 0.25
+"""A stage row whose repetitions spread more than this was timed on a busy device."""
+STAGE_GROUPS = ("model", "training", "evaluation")
 POOL = 256
 """Distinct images drawn per split; larger sets repeat them (content does not change speed)."""
 
@@ -523,13 +526,12 @@ class _Bench:
     def run(self) -> dict[str, Measure]:
         """Warm every probe up (counting its FLOPs), then time them in turn `repeats` times: the stages
         first, each close to its bare baseline, then the parts, setup and triggers."""
-        stages = ("model", "training", "evaluation")
         for measure, fn in self.probes.values():
-            if measure.group in stages:
+            if measure.group in STAGE_GROUPS:
                 measure.flops = count_flops(fn)
             else:
                 fn()
-        order = sorted(self.probes.values(), key=lambda probe: probe[0].group not in stages)
+        order = sorted(self.probes.values(), key=lambda probe: probe[0].group not in STAGE_GROUPS)
         for repeat in range(self.config.repeats):
             self.log(f"repetition {repeat + 1}/{self.config.repeats}")
             for measure, fn in order:
@@ -661,6 +663,10 @@ def format_result(result: BenchResult) -> str:
     lines.append(pd.DataFrame(table).to_string(index=False))
     if cuda and result.peak_tflops is None:
         lines.append("MFU: unknown peak for this device; pass --peak-tflops")
+    noisy = [m.name for m in result.measures.values() if m.group in STAGE_GROUPS and m.spread > NOISY_SPREAD]
+    if noisy:
+        lines.append(f"noisy: {len(noisy)} stage rows spread over {NOISY_SPREAD:.0%} (the device was busy); "
+                     "comparisons pair repetitions, but rerun on a quiet device for reliable figures")
     lines.append("")
     lines.append("where a step's time goes (ms per step; parts timed on their own, `other` is what is left):")
     breakdown = pd.DataFrame(result.breakdown).fillna(float("nan"))

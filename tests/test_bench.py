@@ -134,6 +134,9 @@ def test_mfu_and_its_column_on_cuda_only():
     assert row["met"] is False
     printed = format_result(result)
     assert "MFU" in printed and "0.2%" in printed and "GFLOP/step" in printed
+    assert "noisy: 2 stage rows" in printed  # spreads of 67 % and 150 %
+    measure.seconds, bare.seconds = [3.0, 3.0, 3.1], [1.0, 1.0, 1.0]
+    assert "noisy" not in format_result(result)
     assert device_peak_tflops(torch.device("cpu"), 100.0) is None
 
 
