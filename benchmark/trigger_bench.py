@@ -6,7 +6,7 @@ here from the spec, with its fixed tensors (the WaNet grid, the SIG signal) buil
 favour. cleanbench's path is `trigger_uint8` on a batch of uint8 tensors (to float, `sample` +
 `apply`, round to uint8), with the options that reproduce the reference's trigger.
 
-    python -m cleanbench.trigger_bench [--images 128] [--batch 16] [--repeats 3] [--threads N]
+    python -m cleanbench.trigger_bench [--images 64] [--batch 16] [--repeats 9] [--threads N]
 
 Prints images/s per attack of the reference path, of cleanbench's uint8 path (what poisoning and
 evaluation run) and of the float trigger alone (`attack(images, generator)`, what an on-the-fly
@@ -120,9 +120,9 @@ def batched_rates(name: str, images: torch.Tensor, batch: int, repeats: int) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=128, help="images per attack and path")
+    parser.add_argument("--images", type=int, default=64, help="images per attack and path")
     parser.add_argument("--batch", type=int, default=16, help="batch size of the batched path (small batches stay in cache)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per path; the best is kept")
+    parser.add_argument("--repeats", type=int, default=9, help="timed repeats per path; the best is kept")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both paths [default: torch's]")
     args = parser.parse_args(argv)
     if args.threads:
