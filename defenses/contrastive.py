@@ -65,7 +65,7 @@ class TrainingOptions:
 class ViewOptions(TrainingOptions):
     """Training options plus the augmented views of the in-modal losses (benchmark/augment.py)."""
 
-    image_view: str = "crop-jitter"
+    image_view: str = "autoaugment"
     use_wordnet: bool = True
 
     def __post_init__(self) -> None:
