@@ -94,16 +94,40 @@ class CellCards:
     failed: list[dict] = field(default_factory=list)
 
 
+def _resolved_options(card: dict, role: str) -> dict:
+    """The plugin's options as it ran: the card's resolved options (defaults included) overlaid
+    with the config's, plus the plugin version, so that a changed default is never pooled."""
+    section = card.get(role) or {}
+    options = {**(section.get("options") or {}), **card["config"].get(f"{role}_options", {})}
+    return {"options": options, "version": section.get("version")}
+
+
 def _variants(cards: list[dict], role: str) -> dict[int, str]:
-    """Display names per card: the plugin name, plus its options where one name has several."""
-    options_seen: dict[str, set[str]] = defaultdict(set)
+    """Display names per card: the plugin name, plus its options where one name ran with several
+    option sets (the options given, then any resolved default or version that differs)."""
+    variants: dict[str, dict[str, dict]] = defaultdict(dict)
     for card in cards:
-        options_seen[card["config"][role]].add(json.dumps(card["config"].get(f"{role}_options", {}), sort_keys=True))
+        resolved = _resolved_options(card, role)
+        variants[card["config"][role]][json.dumps(resolved, sort_keys=True, default=str)] = card
     labels = {}
     for card in cards:
         name = card["config"][role]
-        options = card["config"].get(f"{role}_options", {})
-        labels[id(card)] = name if len(options_seen[name]) == 1 else _options_label(name, options)
+        if len(variants[name]) == 1:
+            labels[id(card)] = name
+            continue
+        given = card["config"].get(f"{role}_options", {})
+        twins = [_resolved_options(other, role) for other in variants[name].values()
+                 if other["config"].get(f"{role}_options", {}) == given]
+        label = _options_label(name, given)
+        if len(twins) > 1:
+            mine = _resolved_options(card, role)
+            keys = sorted({k for twin in twins for k in twin["options"]})
+            differing = [k for k in keys if len({json.dumps(t["options"].get(k), default=str) for t in twins}) > 1]
+            extra = [f"{k}={mine['options'].get(k)}" for k in differing]
+            if len({str(t["version"]) for t in twins}) > 1:
+                extra.append(f"version {mine['version']}")
+            label = f"{label[:-1]}; {', '.join(extra)})"
+        labels[id(card)] = label
     return labels
 
 

@@ -230,6 +230,19 @@ def test_settings_and_option_variants_get_their_own_rows():
     assert set(table["poison_rate"]) == {"1%", "2%"}
 
 
+def test_a_changed_default_is_its_own_row_not_pooled():
+    old, new = synthetic_card(seed=0), synthetic_card(seed=1)
+    old["defense"]["options"] = {"image_view": "crop-jitter", "lr": 0.002}
+    new["defense"]["options"] = {"image_view": "autoaugment", "lr": 0.002}
+    table = leaderboard_table([old, new])
+    labels = set(table["defense"])
+    assert {"cleanclip (defaults; image_view=crop-jitter)", "cleanclip (defaults; image_view=autoaugment)"} <= labels
+    same = synthetic_card(seed=2)
+    same["defense"]["options"] = {"image_view": "autoaugment", "lr": 0.002}
+    pooled = leaderboard_table([new, same])
+    assert "cleanclip" in set(pooled["defense"]) and not any("image_view" in label for label in pooled["defense"])
+
+
 # --- the site ---------------------------------------------------------------------------------
 
 XSS = "<script>alert('x')</script>"
