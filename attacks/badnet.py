@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cleanbench.attacks.base import Attack
+from cleanbench.attacks.base import Attack, channel_means, paste_squares, quantize
 
 
 @dataclass
@@ -63,26 +63,33 @@ class BadNet(Attack):
         return params
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        count, s = len(images), self.size
-        if "noise" in params:
-            mean = images.mean(dim=(2, 3), keepdim=True)
-            patch = mean + params["noise"]
-        else:
-            patch = (0.5 + self.pattern.to(images.device)).expand(count, -1, -1, -1)
-        patch = torch.remainder(patch, 1.0) if self.options.values == "wrap" else patch.clamp(0, 1)
-        if "top_left" in params:
-            top_left = params["top_left"]
-        else:
-            corner = self.image_size - s - self.margin
-            top_left = torch.full((count, 2), corner, device=images.device)
+        means = images.mean(dim=(2, 3), keepdim=True) if "noise" in params else None
         out = images.clone()
-        offsets = torch.arange(s, device=images.device)
-        rows = (top_left[:, 0, None] + offsets)[:, :, None]
-        cols = (top_left[:, 1, None] + offsets)[:, None, :]
-        batch = torch.arange(count, device=images.device)[:, None, None]
-        channels_last = out.permute(0, 2, 3, 1)
-        channels_last[batch, rows, cols] = patch.permute(0, 2, 3, 1).to(out.dtype)
+        paste_squares(out, self.patches(images, means, params), self.top_left(images, params))
         return out
+
+    def apply_uint8(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Only the patch is computed in float and rounded; the rest of the image is copied."""
+        means = channel_means(images) if "noise" in params else None
+        out = images.clone()
+        patches = quantize(self.patches(images, means, params))
+        paste_squares(out, patches, self.top_left(images, params))
+        return out
+
+    def patches(self, images: torch.Tensor, means: torch.Tensor | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 3, s, s) patch values in [0, 1]: fresh noise around the images' channel `means`, or the fixed pattern."""
+        if means is not None:
+            patch = means + params["noise"]
+        else:
+            patch = (0.5 + self.pattern.to(images.device)).expand(len(images), -1, -1, -1)
+        return torch.remainder(patch, 1.0) if self.options.values == "wrap" else patch.clamp(0, 1)
+
+    def top_left(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 2) top-left (row, col) of each image's patch: sampled, or the fixed corner."""
+        if "top_left" in params:
+            return params["top_left"]
+        corner = self.image_size - self.size - self.margin
+        return torch.full((len(images), 2), corner, device=images.device)
 
     def describe(self) -> dict:
         return {**super().describe(), "patch_pixels": self.size, "margin_pixels": self.margin}

@@ -7,6 +7,12 @@ location, a warp grid) are drawn once in `setup` from the run's seed, so the tes
 the training-time trigger.
 
 Pixel sizes are given at the reference's 224-px scale and scaled to the image size (`pixels`).
+
+Poisoned and triggered test images are stored as uint8: `trigger_uint8` samples the parameters and
+calls `apply_uint8`, which by default is `quantize(apply(images / 255, params))`. An attack may
+override `apply_uint8` with a cheaper path that gives the same bytes (a patch attack rounds only its
+patch; the rest of the image is unchanged); an attack whose `apply` treats every image on its own
+sets `per_image`, and the default then runs on cache-sized chunks of the batch on the CPU.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ class Attack(ABC):
     paper: ClassVar[str]
     Options: ClassVar[type] = NoOptions
     version: ClassVar[str] = "1"
+    per_image: ClassVar[bool] = False
+    """Whether `apply` gives every image the same bytes whatever batch it is in (and every param's
+    first dimension is the image), so the uint8 path may split the batch."""
 
     def __init__(self, options: Any, image_size: int, seed: int) -> None:
         self.options = options
@@ -60,9 +69,21 @@ class Attack(ABC):
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The triggered images (a new tensor), a pure function of `images` and `params`."""
 
+    def apply_uint8(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`apply` on uint8 images, rounded back to uint8: `quantize(apply(images / 255, params))`."""
+        if not self.per_image:
+            return quantize(self.apply(images.float().div(255), params))
+        out = torch.empty_like(images)
+        for rows in image_chunks(images):
+            out[rows] = quantize(self.apply(images[rows].float().div(255), {k: v[rows] for k, v in params.items()}))
+        return out
+
+    def sample_to(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """`sample` for the batch `images`, moved to their device."""
+        return {k: v.to(images.device) for k, v in self.sample(len(images), generator).items()}
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        params = {k: v.to(images.device) for k, v in self.sample(len(images), generator).items()}
-        return self.apply(images, params)
+        return self.apply(images, self.sample_to(images, generator))
 
     def candidates(self, pairs: PairSet, target_index: int, target_name: str) -> torch.Tensor:
         """Indices that may be poisoned: dirty-label attacks take pairs not of the target class."""
@@ -88,10 +109,45 @@ def _names(caption: str, word: str) -> bool:
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> uint8 by rounding and clamping (the reference truncates and wraps)."""
-    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    """Float images in [0, 1] -> uint8 by rounding and clamping (the reference truncates and wraps).
+
+    The integers 0..255 go through int16, the same bytes as a direct cast, which on the CPU is
+    several times slower than the two vectorized casts.
+    """
+    return images.mul(255).round_().clamp_(0, 255).to(torch.int16).to(torch.uint8)
 
 
 def trigger_uint8(attack: Attack, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Apply `attack` to uint8 images and store the result as uint8, as poisoned files are stored."""
-    return quantize(attack(images.float().div(255), generator))
+    """Apply `attack` to uint8 images and store the result as uint8, as poisoned files are stored.
+
+    The same bytes as `quantize(attack(images.float().div(255), generator))`, by `apply_uint8`.
+    """
+    return attack.apply_uint8(images, attack.sample_to(images, generator))
+
+
+CHUNK_VALUES = 1 << 19
+"""Values per chunk of a batch on the CPU: 2 MiB as float32, so the temporaries stay in cache."""
+
+
+def image_chunks(images: torch.Tensor) -> list[slice]:
+    """Slices of about `CHUNK_VALUES` values of the batch on the CPU; the whole batch elsewhere."""
+    if images.device.type != "cpu":
+        return [slice(None)]
+    step = max(1, CHUNK_VALUES // max(1, images[0].numel()))
+    return [slice(first, first + step) for first in range(0, len(images), step)]
+
+
+def channel_means(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 1, 1) channel means of uint8 images in [0, 1], bit for bit the float path's
+    `images.float().div(255).mean(dim=(2, 3), keepdim=True)` (each mean is its own reduction)."""
+    return torch.cat([images[rows].float().div(255).mean(dim=(2, 3), keepdim=True) for rows in image_chunks(images)])
+
+
+def paste_squares(out: torch.Tensor, patches: torch.Tensor, top_left: torch.Tensor) -> None:
+    """Write `patches` (B, C, s, s) into `out` (B, C, H, W) in place at each image's (row, col) `top_left`."""
+    count, s = len(out), patches.shape[-1]
+    offsets = torch.arange(s, device=out.device)
+    rows = (top_left[:, 0, None] + offsets)[:, :, None]
+    cols = (top_left[:, 1, None] + offsets)[:, None, :]
+    batch = torch.arange(count, device=out.device)[:, None, None]
+    out.permute(0, 2, 3, 1)[batch, rows, cols] = patches.permute(0, 2, 3, 1).to(out.dtype)

@@ -36,6 +36,7 @@ class Blended(Attack):
     name = "blended"
     description = "uniform-noise pattern blended over the image, x' = (1-alpha) x + alpha N (fixed or fresh N)"
     paper = "Chen et al., Targeted Backdoor Attacks on Deep Learning Systems Using Data Poisoning, 2017; CleanCLIP reference"
+    per_image = True
     Options = BlendedOptions
 
     def setup(self, generator: torch.Generator) -> None:

@@ -25,5 +25,9 @@ class NoAttack(Attack):
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return images.clone()
 
+    def apply_uint8(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A copy: every uint8 value survives the float round trip."""
+        return images.clone()
+
     def candidates(self, pairs, target_index: int, target_name: str) -> torch.Tensor:
         return torch.empty(0, dtype=torch.long)

@@ -49,6 +49,7 @@ class SIG(Attack):
     name = "sig"
     description = "horizontal sinusoid, blended as in the reference (0.2 S + 0.8 x) or added (original SIG)"
     paper = "Barni et al., A New Backdoor Attack in CNNs by Training Set Corruption Without Label Poisoning, ICIP 2019; CleanCLIP reference"
+    per_image = True
     Options = SIGOptions
 
     def setup(self, generator: torch.Generator) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cleanbench.attacks.base import Attack
+from cleanbench.attacks.base import Attack, paste_squares, quantize
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (1.0, 1.0, 0.0),
@@ -88,6 +88,17 @@ class SolidPatch(Attack):
         cols = (offsets >= top_left[:, 1, None]) & (offsets < top_left[:, 1, None] + self.size)
         mask = (rows[:, :, None] & cols[:, None, :])[:, None]
         return torch.where(mask, colour, images)
+
+    def apply_uint8(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Only the square is written (the rounded colour); the rest of the image is copied."""
+        colour = quantize(self.colour.to(images.device))
+        out = images.clone()
+        if "top_left" not in params:
+            start = self.image_size - self.size - self.margin
+            out[:, :, start : start + self.size, start : start + self.size] = colour
+        else:
+            paste_squares(out, colour.expand(len(images), -1, self.size, self.size), params["top_left"])
+        return out
 
     def describe(self) -> dict:
         return {**super().describe(), "patch_pixels": self.size, "margin_pixels": self.margin,

@@ -69,6 +69,7 @@ class WaNet(Attack):
     name = "wanet"
     description = "fixed warping field from the run seed: per-pixel jitter (reference, k=side, s=1) or smooth warp (k=4, s=0.5)"
     paper = "Nguyen & Tran, WaNet - Imperceptible Warping-based Backdoor Attack, ICLR 2021; CleanCLIP reference"
+    per_image = True
     Options = WaNetOptions
 
     def setup(self, generator: torch.Generator) -> None:

@@ -3,8 +3,9 @@
 The reference (spec section 1.1) triggers one PIL image at a time: resize to 224x224, `ToTensor`,
 the trigger on a (3, 224, 224) tensor, `ToPILImage` (uint8 by truncation). It is re-implemented
 here from the spec, with its fixed tensors (the WaNet grid, the SIG signal) built once, in its
-favour. cleanbench's path is `trigger_uint8` on a batch of uint8 tensors (to float, `sample` +
-`apply`, round to uint8), with the options that reproduce the reference's trigger.
+favour. cleanbench's path is `trigger_uint8` on a batch of uint8 tensors (`sample`, then
+`apply_uint8`: the bytes of to float, `apply`, round to uint8, with patch attacks rounding only the
+patch), with the options that reproduce the reference's trigger.
 
     python -m cleanbench.trigger_bench [--images 64] [--batch 16] [--repeats 9] [--threads N]
 
