@@ -86,3 +86,15 @@ def test_quantize_casts_through_int16_with_the_bytes_of_a_direct_cast():
     assert torch.equal(quantize(values), values.mul(255).round_().clamp_(0, 255).to(torch.uint8))
     every_byte = torch.arange(256, dtype=torch.uint8)
     assert torch.equal(quantize(every_byte.float().div(255)), every_byte)  # untouched pixels survive
+
+
+def test_a_subclass_that_overrides_apply_is_not_hidden_by_the_parents_fast_path():
+    from cleanbench.attacks.badnet import BadNet, BadNetOptions
+
+    class Painted(BadNet):
+        def apply(self, images, params):
+            return torch.full_like(images, 0.5)
+
+    images = torch.zeros(3, 3, 32, 32, dtype=torch.uint8)
+    out = trigger_uint8(Painted(BadNetOptions(), 32, 0), images, torch.Generator().manual_seed(0))
+    assert torch.equal(out, torch.full_like(images, 128))

@@ -137,11 +137,13 @@ def trigger_rows(attack: Attack, images: torch.Tensor, rows: torch.Tensor, seed:
     Each row's random parameters come from its own generator (`stream`, `seed`, row number), so a row
     is triggered identically whichever batch, worker, device or epoch reads it.
     """
+    from cleanbench.attacks.base import apply_uint8
+
     if len(rows) == 0:
         return images
     drawn = [attack.sample(1, torch_generator(derive_seed(seed, stream, str(int(row))))) for row in rows.tolist()]
     params = {key: torch.cat([d[key] for d in drawn]).to(images.device) for key in drawn[0]}
-    return attack.apply_uint8(images, params)
+    return apply_uint8(attack, images, params)
 
 
 class _Rows(Dataset):
