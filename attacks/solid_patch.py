@@ -76,22 +76,14 @@ class SolidPatch(Attack):
         return {"top_left": torch.randint(0, self.image_size - self.size + 1, (count, 2), generator=generator)}
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        colour = self.colour.to(images.device, images.dtype)
-        if "top_left" not in params:
-            out = images.clone()
-            start = self.image_size - self.size - self.margin
-            out[:, :, start : start + self.size, start : start + self.size] = colour
-            return out
-        top_left = params["top_left"]
-        offsets = torch.arange(self.image_size, device=images.device)
-        rows = (offsets >= top_left[:, 0, None]) & (offsets < top_left[:, 0, None] + self.size)
-        cols = (offsets >= top_left[:, 1, None]) & (offsets < top_left[:, 1, None] + self.size)
-        mask = (rows[:, :, None] & cols[:, None, :])[:, None]
-        return torch.where(mask, colour, images)
+        return self._painted(images, self.colour.to(images.device, images.dtype), params)
 
     def apply_uint8(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Only the square is written (the rounded colour); the rest of the image is copied."""
-        colour = quantize(self.colour.to(images.device))
+        return self._painted(images, quantize(self.colour.to(images.device)), params)
+
+    def _painted(self, images: torch.Tensor, colour: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A copy of `images` with each image's square set to `colour` (1, 3, 1, 1), of the images' dtype."""
         out = images.clone()
         if "top_left" not in params:
             start = self.image_size - self.size - self.margin
