@@ -15,6 +15,7 @@ import click
 from cleanbench import distributed
 from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
 from cleanbench.errors import CleanbenchError, RunError, UsageError
+from cleanbench.fileio import RESOURCE_ERRNOS, StorageError
 from cleanbench.registry import ATTACKS, DEFENSES, load_plugin_file
 
 DEFAULTS = RunConfig()
@@ -154,13 +155,18 @@ def _entry_line(entry, reference_attr: str) -> str:
 @cli.command()
 @click.argument("results_dir", default="results", type=click.Path(file_okay=False))
 def results(results_dir: str) -> None:
-    """Print a table of the run cards under RESULTS_DIR."""
-    from cleanbench.leaderboard.cards import cards_table, load_cards
+    """Print a table of the run cards under RESULTS_DIR; files that are not valid cards are listed with the reason."""
+    from cleanbench.leaderboard.cards import cards_table, scan_cards
 
-    cards = load_cards(Path(results_dir))
-    if not cards:
-        raise UsageError(f"no run cards under {results_dir!r}; run `cleanbench run` first")
-    click.echo(cards_table(cards).to_string(index=False))
+    scan = scan_cards(Path(results_dir))
+    for path, reason in scan.rejected:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if not scan.cards:
+        skipped = f" ({len(scan.rejected)} files skipped, listed above)" if scan.rejected else ""
+        raise UsageError(f"no valid run cards under {results_dir!r}{skipped}; run `cleanbench run` first")
+    click.echo(cards_table(scan.cards).to_string(index=False))
+    if scan.rejected:
+        click.echo(f"{len(scan.cards)} run cards; {len(scan.rejected)} files skipped (listed on stderr)")
 
 
 # Commands defined in their own modules are attached here, one line each.
@@ -194,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug, not bad input: still one line, the traceback behind --debug
         if debug:
             raise
+        if isinstance(error, OSError) and error.filename and error.errno in RESOURCE_ERRNOS:
+            click.echo(f"error: {StorageError(Path(error.filename), error, action='use')}", err=True)
+            return 1
         click.echo(f"error: unexpected {type(error).__name__}: {error}; this is a bug in cleanbench or a plugin: "
                    "run again with `cleanbench --debug ...` and report the traceback", err=True)
         return 1

@@ -18,7 +18,22 @@ from typing import Any
 import yaml
 
 from cleanbench.errors import UsageError
-from cleanbench.trainer import TrainConfig
+from cleanbench.fileio import read_input_file
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation hyper-parameters of one training stage."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 62
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    max_logit_scale: float = 100.0
 
 
 @dataclass
@@ -207,10 +222,8 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from `path` (safe_load), or UsageError naming the file and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} does not exist")
+    text = read_input_file(path, "config file")
     try:
-        text = path.read_text()
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as error:
         raise UsageError(f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error

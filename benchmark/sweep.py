@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, ArtifactCache
 from cleanbench.config import RunConfig, build_options, from_dict, load_yaml, merge
 from cleanbench.errors import CleanbenchError, RunError, UsageError
+from cleanbench.fileio import RefusedFile, read_regular_file
+from cleanbench.runcard import MAX_CARD_BYTES
 from cleanbench.executors import (
     EXECUTORS, Executor, LocalExecutor, SequentialExecutor, SlurmExecutor, check_slurm_parameters,
 )
@@ -262,8 +264,8 @@ def expand(grid: Grid, results_dir: str | None = None, use_cache: bool = True) -
 def done_card(path: Path, cell_key: str) -> dict | None:
     """The run card at `path` if it is finished (status ok) for this very cell, else None."""
     try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError):
+        card = json.loads(read_regular_file(path, MAX_CARD_BYTES, root=path.parent))
+    except (OSError, ValueError, RefusedFile, RecursionError):
         return None
     if isinstance(card, dict) and card.get("status") == "ok" and card.get("cell_key") == cell_key:
         return card
