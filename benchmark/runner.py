@@ -34,6 +34,7 @@ from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.evaluation import evaluate
+from cleanbench.fileio import StorageError, remove_stale_temporaries
 from cleanbench.losses import clip_loss
 from cleanbench.models import ModelBundle, build_model, check_model
 from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
@@ -222,6 +223,8 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
         plan.device = device
         main = distributed.is_main()
         progress, log = (progress, log) if main else (False, _silent)
+        if main and path.parent.is_dir():
+            remove_stale_temporaries(path.parent)
         card: dict[str, Any] = {
             "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
             "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
@@ -250,15 +253,27 @@ def _silent(message: str) -> None:
 
 
 class _Artifacts:
-    """The cell's cache (or none with `use_cache: false`), recording in the card what was reused."""
+    """The cell's cache (or none with `use_cache: false`), recording in the card what was reused.
 
-    def __init__(self, plan: Plan, card: dict[str, Any]) -> None:
-        self.cache = ArtifactCache(plan.config.cache_dir) if plan.config.use_cache else None
+    The cache is optional: when a lock or a write fails (a full disk, a read-only cache), the run
+    warns and goes on without it, so the run card is still written."""
+
+    def __init__(self, plan: Plan, card: dict[str, Any], log: Log) -> None:
+        self.cache = ArtifactCache(plan.config.cache_dir, log=log) if plan.config.use_cache else None
+        self.log = log
         self.keys = plan.artifact_keys()
         self.record = card["artifacts"] = {}
         for name, key in self.keys.items():
             self.record[name] = key
             self.record[f"{name}_reused"] = False
+        if self.cache is not None and distributed.is_main():
+            self.cache.remove_stale_temporaries()
+
+    def _store(self, what: str, save: Callable[[], Any]) -> None:
+        try:
+            save()
+        except (OSError, StorageError) as error:  # the cache is optional
+            self.log(f"warning: the {what} was not cached ({error}); the run goes on without caching it")
 
     @contextlib.contextmanager
     def computing(self, kind: str, name: str) -> Iterator[None]:
@@ -266,8 +281,18 @@ class _Artifacts:
         if self.cache is None or not distributed.is_main():
             yield
             return
-        with self.cache.lock(kind, self.keys[name]):
+        try:
+            lock = self.cache.lock(kind, self.keys[name])
+            lock.acquire()
+        except OSError as error:
+            self.log(f"warning: cannot lock {kind}/{self.keys[name][:12]} in the cache ({error}); "
+                     "computing it without the lock")
             yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
 
     def load_model(self, kind: str, name: str, model: torch.nn.Module) -> dict | None:
         """The stored metadata after loading the weights into `model`, or None when it must be computed."""
@@ -280,7 +305,7 @@ class _Artifacts:
 
     def save_model(self, kind: str, name: str, model: torch.nn.Module, meta: dict) -> None:
         if self.cache is not None and distributed.is_main():
-            self.cache.save(kind, self.keys[name], model, meta)
+            self._store(name.replace("_", " "), lambda: self.cache.save(kind, self.keys[name], model, meta))
 
     def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
         """A cached evaluation, or `compute()` stored under its key."""
@@ -290,7 +315,7 @@ class _Artifacts:
             return stored if stored is not None else compute()
         value = compute()
         if self.cache is not None and distributed.is_main():
-            self.cache.save_json(EVALUATIONS, self.keys[name], value)
+            self._store(name.replace("_", " "), lambda: self.cache.save_json(EVALUATIONS, self.keys[name], value))
         return value
 
 
@@ -327,7 +352,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     log(f"poison: {poison.count} of {len(data.pretrain)} pairs -> target {target_name!r} ({c.attack})")
 
     card["stage"] = "pretraining"
-    artifacts = _Artifacts(plan, card)
+    artifacts = _Artifacts(plan, card, log)
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
     with artifacts.computing(POISONED_MODELS, "poisoned_model"):
@@ -405,9 +430,18 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
 
 
 def _fail(card: dict, path: Path, error: Exception) -> None:
-    """Record a failed cell: the card keeps everything computed so far, plus the error."""
+    """Record a failed cell: the card keeps everything computed so far, plus the error.
+
+    When the card itself cannot be written (a full disk), that is raised, naming the path and the
+    original error."""
     card["status"] = "failed"
     card["error"] = str(error)
     card["finished"] = runcard.now()
-    if distributed.is_main():
+    if not distributed.is_main():
+        return
+    try:
         runcard.write_card(path, card)
+    except StorageError as write_error:
+        if isinstance(error, StorageError):
+            raise error from None
+        raise StorageError(write_error.path, write_error.__cause__, after=str(error)) from error
