@@ -189,7 +189,7 @@ def test_debug_shows_the_traceback_and_unexpected_errors_are_still_one_line(caps
     def broken(results_dir):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("cleanbench.leaderboard.cards.load_cards", broken)
+    monkeypatch.setattr("cleanbench.leaderboard.cards.scan_cards", broken)
     (tmp_path / "results").mkdir()
     code, _, err = _run(capsys, "results", str(tmp_path / "results"))
     assert code == 1
