@@ -20,13 +20,15 @@ import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from filelock import FileLock
-from torch import nn
 
 from cleanbench.fileio import RefusedFile, read_regular_file, remove_stale_temporaries, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 POISONED_MODELS = "poisoned-models"
 DEFENDED_MODELS = "defended-models"
@@ -113,6 +115,8 @@ class ArtifactCache:
         if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(data).hexdigest():
             self._reject(kind, key, "its SHA-256 does not match the one stored beside it: damaged or truncated")
             return None
+        import torch
+
         try:
             tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except (RuntimeError, ValueError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as error:
@@ -142,6 +146,8 @@ class ArtifactCache:
 
     def save_tensors(self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
         """Store a dict of tensors and `meta` atomically; returns the weights' path."""
+        import torch
+
         weights, meta_path = self._paths(kind, key)
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)

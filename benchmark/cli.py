@@ -1,20 +1,22 @@
 """The `cleanbench` command line: run, list, results.
 
 Errors become one line on stderr and an exit code (2: bad input, 1: a run failed); `--debug`
-shows the traceback.
+shows the traceback. Help, usage errors and `list` answer in well under a second: this module and
+the command modules attached below import no torch, open_clip or plotting library at the top; each
+command imports what it uses when it runs (tests/test_robustness.py checks it).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from cleanbench import distributed
 from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
-from cleanbench.errors import CleanbenchError, RunError, UsageError
+from cleanbench.errors import CleanbenchError, Interrupted, RunError, UsageError
 from cleanbench.fileio import RESOURCE_ERRNOS, StorageError
 from cleanbench.registry import ATTACKS, DEFENSES, load_plugin_file
 
@@ -63,7 +65,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--nproc", type=int, default=1, help="Train with DDP on N processes on this machine (torchrun: one GPU each, or CPU with gloo).")
 def run(**options) -> None:
     """Run one cell: poison, pretrain, evaluate, defend, evaluate, write a run card."""
-    if options["nproc"] > 1 and not distributed.launched():
+    if options["nproc"] > 1 and int(os.environ.get("WORLD_SIZE", 1)) <= 1:  # not yet launched by torchrun
+        from cleanbench import distributed
+
         return distributed.relaunch(options["nproc"], distributed.without_option(sys.argv[1:], "--nproc"))
     for path in options["plugin"]:
         load_plugin_file(path)
@@ -100,7 +104,10 @@ def run(**options) -> None:
     if files:
         overrides["data"] = {**({"source": "csv"} if "train" in files else {}), **files}
     config = from_dict(RunConfig, merge(values, overrides), "config")
+    ATTACKS.check_name(config.attack)  # an unknown name is refused before torch is imported
+    DEFENSES.check_name(config.defense)
 
+    from cleanbench import distributed
     from cleanbench.export import saving_models
     from cleanbench.runner import run_cell
     from cleanbench.summary import cell_summary
@@ -169,11 +176,13 @@ def results(results_dir: str) -> None:
         click.echo(f"{len(scan.cards)} run cards; {len(scan.rejected)} files skipped (listed on stderr)")
 
 
-# Commands defined in their own modules are attached here, one line each.
+# Commands defined in their own modules are attached here, one line each. A command's module imports
+# torch, open_clip, pandas and plotting inside the command's function, never at the top.
 from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
-from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
-from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.sweep.command import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
+from cleanbench.bench_command import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.cache_command import cache_command; cli.add_command(cache_command)  # noqa: E402, E702
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except Interrupted as interrupt:
+        cancelled = ", ".join(f"#{i}" for i in interrupt.cancelled) or "none"
+        click.echo(f"interrupted by {interrupt.name}: {interrupt.finished} cells finished (their run cards are kept); "
+                   f"cancelled the running cells ({cancelled}), whose partial work is discarded; "
+                   "run the same command again to resume", err=True)
+        return interrupt.exit_code
     except click.ClickException as error:
         command = getattr(getattr(error, "ctx", None), "command_path", "cleanbench")
         click.echo(f"error: {error.format_message()} (see `{command} --help`)", err=True)

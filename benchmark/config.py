@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import types
 import typing
@@ -198,6 +199,12 @@ def _threat_defaults(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[list[str], dict[str, Any]]:
+    """The field names and resolved type hints of dataclass `cls` (resolving them is slow: once per class)."""
+    return [f.name for f in dataclasses.fields(cls)], typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, values: Any, where: str = "config") -> Any:
     """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types.
 
@@ -210,8 +217,8 @@ def from_dict(cls: type, values: Any, where: str = "config") -> Any:
         raise UsageError(f"{where}: expected a mapping of options, got {values!r}")
     if cls is RunConfig:
         values = _threat_defaults(values)
-    hints = typing.get_type_hints(cls)
-    check_keys(values, [f.name for f in dataclasses.fields(cls)], where)
+    names, hints = _fields(cls)
+    check_keys(values, names, where)
     kwargs = {key: check_value(value, hints[key], f"{where}.{key}") for key, value in values.items()}
     try:
         return cls(**kwargs)

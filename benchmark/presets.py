@@ -21,7 +21,6 @@ import difflib
 from typing import Any
 
 from cleanbench.config import FINETUNE_PRETRAINED_TRAINING
-from cleanbench.defenses.cleanclip import REFERENCE_OPTIONS as CLEANCLIP_REFERENCE
 from cleanbench.errors import UsageError
 
 REFERENCE_BADNET: dict[str, Any] = dict(patch_size=16, location="random", noise="fresh", values="wrap")
@@ -35,8 +34,7 @@ REFERENCE_SCRATCH_TRAINING: dict[str, Any] = dict(
 _COMMON: dict[str, Any] = dict(
     attack="badnet",
     attack_options=REFERENCE_BADNET,
-    defense="cleanclip",
-    defense_options=dict(CLEANCLIP_REFERENCE),
+    defense="cleanclip",  # with the reference's options (`preset_values` fills them in)
     poison_rate=None,
     poison_count=1500,
     target="banana",
@@ -64,4 +62,6 @@ def preset_values(name: str) -> dict[str, Any]:
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(f"unknown preset {name!r}; {hint}presets: {', '.join(PRESETS)}")
-    return copy.deepcopy(PRESETS[name])
+    from cleanbench.defenses.cleanclip import REFERENCE_OPTIONS  # imports torch: only once the name is known
+
+    return {**copy.deepcopy(PRESETS[name]), "defense_options": dict(REFERENCE_OPTIONS)}
