@@ -232,7 +232,7 @@ def _names_target(caption: str, target: str) -> bool:
        clean_label=st.booleans())
 def test_poison_plans_take_exactly_the_budget_of_allowed_pairs(data, fraction, seed, clean_label):
     pairs, target, name = data
-    attack = (LabelConsistent if clean_label else BadNet)(BadNetOptions(), 8, seed)
+    attack = LabelConsistent(LabelConsistent.Options(perturbation="none"), 8, seed) if clean_label else BadNet(BadNetOptions(), 8, seed)
     if clean_label:
         allowed = [i for i, c in enumerate(pairs.captions) if _names_target(c, name)]
     else:  # dirty-label: never an image of the target class (by label, or by caption where unlabelled)
