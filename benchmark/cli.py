@@ -71,6 +71,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--eval-data", default=None, help="Zero-shot test set: a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT.")
 @click.option("--save-model", default=None, type=click.Path(file_okay=False), help="Folder to save the poisoned and defended models in, as open_clip folders (local-dir:).")
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers attacks/defenses; repeatable.")
+@click.option("--tuning", default=None, type=click.Path(dir_okay=False), help="Tuning record from `cleanbench tune`: the defense's strength option comes from it.")
 @click.option("--no-cache", is_flag=True, help="Retrain the poisoned model even when a cached one exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=int, default=1, help="Train with DDP on N processes on this machine (torchrun: one GPU each, or CPU with gloo).")
@@ -86,7 +87,7 @@ def run(**options) -> None:
 
         values = merge(preset_values(options["preset"]), values)
     overrides: dict = {}
-    for key in ("attack", "defense", "target", "seed", "device", "threads", "results_dir"):
+    for key in ("attack", "defense", "target", "seed", "device", "threads", "results_dir", "tuning"):
         if options[key] is not None:
             overrides[key] = options[key]
     if options["poison_rate"] is not None or options["poison_count"] is not None:
@@ -191,6 +192,7 @@ from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderbo
 from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
 from cleanbench.verify import verify_command; cli.add_command(verify_command)  # noqa: E402, E702
+from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
 
 
 def main(argv: list[str] | None = None) -> int:
