@@ -114,7 +114,17 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _check_value(value: Any, tp: Any, where: str) -> Any:
+def check_keys(values: dict[str, Any], known: typing.Sequence[str], where: str) -> None:
+    """UsageError naming `where` and the first key of `values` not in `known`, with a did-you-mean hint."""
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}" if known else (
+                "; it takes no options: remove it")
+            raise UsageError(f"{where}: unknown key {key!r}{hint}")
+
+
+def check_value(value: Any, tp: Any, where: str) -> Any:
     """`value` converted to type `tp` (int -> float allowed), or UsageError naming `where`."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -125,11 +135,16 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _check_value(value, option, where)
+                return check_value(value, option, where)
             except UsageError as error:
                 errors.append(str(error))
         raise UsageError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is dict:
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise UsageError(f"{where}: expected a list, got {value!r} ({type(value).__name__})")
+        item = (typing.get_args(tp) or (Any,))[0]
+        return [check_value(v, item, where) for v in value]
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise UsageError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
@@ -151,6 +166,11 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def budget_label(poison_rate: float | None, poison_count: int | None) -> str:
+    """A poison budget as it names run cards and table rows: `n25` for a count, `p0.02` for a rate."""
+    return f"n{poison_count}" if poison_count is not None else f"p{poison_rate:g}"
 
 
 def _threat_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -176,15 +196,8 @@ def from_dict(cls: type, values: Any, where: str = "config") -> Any:
     if cls is RunConfig:
         values = _threat_defaults(values)
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}" if names else (
-                "; it takes no options: remove it")
-            raise UsageError(f"{where}: unknown key {key!r}{hint}")
-        kwargs[key] = _check_value(value, hints[key], f"{where}.{key}")
+    check_keys(values, [f.name for f in dataclasses.fields(cls)], where)
+    kwargs = {key: check_value(value, hints[key], f"{where}.{key}") for key, value in values.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:

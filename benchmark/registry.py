@@ -154,15 +154,21 @@ def register_detector(cls: type) -> type:
 
 def load_plugin_file(path: str | Path) -> None:
     """Import a plugin file; its `register_attack` / `register_defense` / `register_detector`
-    decorators register it."""
+    decorators register it.
+
+    Loading a file that this process has loaded already (same path, unchanged) does nothing."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"plugin file {str(path)!r} does not exist; pass the path of a .py file to --plugin")
     module_name = f"cleanbench_plugin_{path.stem}"
+    stamp = (str(path.resolve()), path.stat().st_mtime_ns)
+    if getattr(sys.modules.get(module_name), "__cleanbench_source__", None) == stamp:
+        return  # this very file is loaded already
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise UsageError(f"plugin file {str(path)!r} is not a Python module")
     module = importlib.util.module_from_spec(spec)
+    module.__cleanbench_source__ = stamp  # type: ignore[attr-defined]
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)

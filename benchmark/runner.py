@@ -27,7 +27,7 @@ import torch
 from cleanbench import distributed, runcard
 from cleanbench.attacks.base import Attack
 from cleanbench.cache import DEFENDED_MODELS, EVALUATIONS, POISONED_MODELS, ArtifactCache, content_key
-from cleanbench.config import RunConfig, build_options, validate
+from cleanbench.config import RunConfig, budget_label, build_options, validate
 from cleanbench.data.base import PairSet, class_index
 from cleanbench.data.loading import load_data
 from cleanbench.data.shapes import SHAPES
@@ -123,10 +123,9 @@ class Plan:
 
     @property
     def budget_label(self) -> str:
-        if self.config.attack == "none":
-            return "clean"
+        """The poison budget as it names the card: `clean` without an attack, else `n25` or `p0.02`."""
         c = self.config
-        return f"n{c.poison_count}" if c.poison_count is not None else f"p{c.poison_rate:g}"
+        return "clean" if c.attack == "none" else budget_label(c.poison_rate, c.poison_count)
 
     def _data(self, part: str) -> dict[str, Any]:
         """The data settings one artifact depends on (`part`: pretrain, clean or eval), with a content

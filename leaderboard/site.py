@@ -27,10 +27,9 @@ GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "atta
 PERCENT = {"ca", "asr", "ra"}
 POINTS = {"d_ca", "d_asr"}
 METHODS = {
-    "wilson": "one seed: 95% Wilson interval of its counts",
-    "t": "95% t-interval across seeds",
-    "propagated": "one seed: 95% Wilson bounds of the defended model pushed through the formula",
-    "none": "no interval (one seed)",
+    "bootstrap": "95% bootstrap interval over seeds and test images",
+    "seeds": "no interval (not a proportion)",
+    "none": "no interval",
 }
 HELP = {
     "ca": "Clean accuracy: zero-shot top-1 on clean test images, after the defense.",
@@ -83,13 +82,16 @@ def _plain(value: Any) -> Any:
 
 
 def _number(prefix: str, value: float) -> str:
+    """A metric as shown: percent, signed points, DER to 3 places, seconds; never "-0.0"."""
     if prefix in PERCENT:
-        return f"{100 * value:.1f}"
-    if prefix in POINTS:
-        return f"{100 * value:+.1f}"
-    if prefix == "der":
-        return f"{value:.3f}"
-    return f"{value:.1f}"
+        text = f"{100 * value:.1f}"
+    elif prefix in POINTS:
+        text = f"{100 * value:+.1f}"
+    elif prefix == "der":
+        text = f"{value:.3f}"
+    else:
+        text = f"{value:.1f}"
+    return text[1:] if text.lstrip("+-").strip("0.") == "" and text[0] in "+-" else text
 
 
 def _metric_cell(row: pd.Series, prefix: str) -> dict[str, Any]:
@@ -101,10 +103,10 @@ def _metric_cell(row: pd.Series, prefix: str) -> dict[str, Any]:
         return {"na": True, "reason": reason, "title": row["note"] or reason, "sort": ""}
     std, low, high, method = (row[f"{prefix}_{p}"] for p in ("std", "low", "high", "method"))
     interval = None if _missing(low) or _missing(high) else f"[{_number(prefix, low)}, {_number(prefix, high)}]"
-    spread = None if _missing(std) else f"±{_number(prefix, std).lstrip('+')}"
     n = row["n_seeds"]
-    title = f"mean of {n} seed{'s' if n != 1 else ''}" + (f", sd {spread[1:]}" if spread else "") + f"; {METHODS[method]}"
-    return {"na": False, "text": _number(prefix, mean), "sd": spread, "ci": interval, "sort": repr(float(mean)),
+    spread = "" if _missing(std) else f", sd across seeds {_number(prefix, std).lstrip('+')}"
+    title = f"mean of {n} seed{'s' if n != 1 else ''}{spread}; {METHODS[method]}"
+    return {"na": False, "text": _number(prefix, mean), "ci": interval, "sort": repr(float(mean)),
             "best": bool(row[f"{prefix}_best"]), "title": title}
 
 
@@ -112,12 +114,15 @@ def _display_rows(table: pd.DataFrame, card_pages: dict[str, str], card_seeds: d
     rows = []
     for index, row in table.iterrows():
         rank = row["rank"]
+        implanted = row["implanted"]
         rows.append({
             "id": f"row-{index}",
             "setting": row["setting"], "attack": row["attack"], "rate": row["poison_rate"], "rate_value": row["rate"],
             "defense": row["defense"], "status": row["status"], "note": row["note"],
             "attack_page": f"attacks/{slug(row['attack'])}.html", "defense_page": f"defenses/{slug(row['defense'])}.html",
             "rank": None if _missing(rank) else int(rank), "tied": bool(row["rank_tied"]), "tied_with": row["tied_with"],
+            "role": row["role"], "implanted": None if _missing(implanted) else bool(implanted),
+            "implant_p": None if _missing(row["implant_p"]) else float(row["implant_p"]),
             "metrics": {prefix: _metric_cell(row, prefix) for prefix, _, _ in METRICS},
             "seeds": [{"page": card_pages[path], "seed": card_seeds[path][0], "status": card_seeds[path][1]}
                       for path in row["cards"]],
