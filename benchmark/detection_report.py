@@ -1,7 +1,7 @@
 """Detection cards back into tables: one row per card, or per setting and detector pooled over seeds.
 
-Pooled rows give each metric's mean over seeds with a 95 % Student-t interval (`summarize_values`,
-clipped to [0, 1]); one seed gives its value and no interval.
+Pooled rows give each metric's mean over seeds with a 95 % Student-t interval across seeds
+(mean -/+ t_{0.975, n-1} * s / sqrt(n), clipped to [0, 1]); one seed gives its value and no interval.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 
 from cleanbench.detection import CARD_FOLDER, CARD_KIND
-from cleanbench.metrics import summarize_values
+import numpy as np
+from scipy.stats import t as student_t
 
 METRICS = (("auroc", "AUROC"), ("auprc", "AUPRC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"))
 
@@ -44,13 +45,23 @@ def _label(card: dict[str, Any]) -> dict[str, Any]:
             "options": ", ".join(f"{k}={v}" for k, v in options.items()) or "-"}
 
 
+def seed_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean over seeds and its Student-t interval, clipped to [0, 1] (NaN bounds for one seed; NaNs dropped)."""
+    finite = np.array([v for v in values if not math.isnan(v)], dtype=float)
+    if len(finite) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(finite.mean())
+    if len(finite) == 1:
+        return mean, math.nan, math.nan
+    half = float(student_t.ppf((1 + confidence) / 2, len(finite) - 1)) * finite.std(ddof=1) / math.sqrt(len(finite))
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
 def _interval(values: list[float]) -> str:
-    summary = summarize_values(values, clip=(0.0, 1.0))
-    if summary.n == 0:
+    mean, low, high = seed_interval(values)
+    if math.isnan(mean):
         return "n/a"
-    if math.isnan(summary.low):
-        return f"{summary.mean:.3f}"
-    return f"{summary.mean:.3f} [{summary.low:.3f}, {summary.high:.3f}]"
+    return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def pooled_table(cards: Iterable[dict[str, Any]]) -> pd.DataFrame:

@@ -85,3 +85,15 @@ def test_bundle_records_counts():
     metrics = detection_metrics(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0]))
     assert metrics.to_dict() == {"auroc": 0.75, "auprc": pytest.approx(5 / 6), "tpr_at_1pct_fpr": 0.5,
                                  "positives": 2, "negatives": 2}
+
+
+def test_seed_interval_by_hand():
+    from cleanbench.detection_report import seed_interval
+
+    # mean 0.8, sample std 0.1, t_{0.975, 2} = 4.302653 -> half width 4.302653 * 0.1 / sqrt(3)
+    mean, low, high = seed_interval([0.7, 0.8, 0.9])
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert mean == pytest.approx(0.8) and low == pytest.approx(0.8 - half, abs=1e-6)
+    assert high == pytest.approx(min(1.0, 0.8 + half), abs=1e-6)
+    assert seed_interval([0.99, 0.97, 0.98])[2] == 1.0  # clipped
+    assert math.isnan(seed_interval([0.5])[1]) and seed_interval([0.5])[0] == 0.5
