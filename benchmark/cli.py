@@ -57,6 +57,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--eval-data", default=None, help="Zero-shot test set: a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT.")
 @click.option("--save-model", default=None, type=click.Path(file_okay=False), help="Folder to save the poisoned and defended models in, as open_clip folders (local-dir:).")
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers attacks/defenses; repeatable.")
+@click.option("--tuning", default=None, type=click.Path(dir_okay=False), help="Tuning record from `cleanbench tune`: the defense's strength option comes from it.")
 @click.option("--no-cache", is_flag=True, help="Retrain the poisoned model even when a cached one exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=int, default=1, help="Train with DDP on N processes on this machine (torchrun: one GPU each, or CPU with gloo).")
@@ -72,7 +73,7 @@ def run(**options) -> None:
 
         values = merge(preset_values(options["preset"]), values)
     overrides: dict = {}
-    for key in ("attack", "defense", "target", "seed", "device", "results_dir"):
+    for key in ("attack", "defense", "target", "seed", "device", "results_dir", "tuning"):
         if options[key] is not None:
             overrides[key] = options[key]
     if options["poison_rate"] is not None or options["poison_count"] is not None:
@@ -172,6 +173,7 @@ from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
 from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
 from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
 
 

@@ -33,13 +33,15 @@ from cleanbench.data.loading import load_data
 from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
 from cleanbench.errors import CleanbenchError, RunError, UsageError
-from cleanbench.evaluation import evaluate
+from cleanbench.evaluation import clean_accuracy, evaluate
 from cleanbench.losses import clip_loss
 from cleanbench.models import ModelBundle, build_model, check_model
 from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.seeding import derive_seed, seed_everything
 from cleanbench.trainer import Batch, InMemoryBatches, train
+from cleanbench.presets import setting_record
+from cleanbench.tuning import apply_record
 
 Log = Callable[[str], None]
 
@@ -65,6 +67,8 @@ _EVAL_FIELDS = ("eval", "eval_classes", "eval_split", "limit_test", "n_test")
 """Data settings that only the test set depends on."""
 _SPEED_FIELDS = ("workers",)
 """Data settings that change speed, not results."""
+_VALIDATION_FIELDS = ("n_validation",)
+"""Data settings that only the validation split depends on (scored in every run, never cached)."""
 _FILE_FIELDS = ("train", "clean", "eval", "eval_classes")
 
 
@@ -105,9 +109,11 @@ class Plan:
         self.config = validate(config)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)
         self.defense_cls: type[Defense] = DEFENSES.get(config.defense)
+        self.tuning = apply_record(config)
         self.attack_options = build_options(self.attack_cls.Options, config.attack_options, f"attack {config.attack!r} options")
+        defaults = config.defense_defaults.get(config.defense, {})
         self.defense_options = build_options(
-            self.defense_cls.Options, config.defense_options, f"defense {config.defense!r} options"
+            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
         )
         self.device = resolve_device(config.device)
         self._data_parts: dict[str, dict[str, Any]] = {}
@@ -134,7 +140,8 @@ class Plan:
             data = asdict(self.config.data)
             fields = {"clean": _CLEAN_FIELDS, "eval": _EVAL_FIELDS}.get(part)
             if fields is None:
-                fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS)
+                fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS
+                               + _VALIDATION_FIELDS)
             self._data_parts[part] = {k: data[k] for k in fields} | {
                 f"{k}_digest": _digest(data[k]) for k in fields if k in _FILE_FIELDS}
         return self._data_parts[part]
@@ -149,7 +156,7 @@ class Plan:
         c = self.config
         model = {k: v for k, v in asdict(c.model).items() if k != "trust_checkpoint"}
         return content_key({
-            "artifact": "poisoned-model",
+            "artifact": "poisoned-model", "setting": c.setting,
             "cleanbench": runcard.versions()["cleanbench"],
             "attack": c.attack, "attack_version": self.attack_cls.version,
             "attack_options": asdict(self.attack_options),
@@ -224,12 +231,13 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
         card: dict[str, Any] = {
             "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
             "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
-            "config": c.to_dict(), "seed": c.seed, "cell_key": key,
+            "config": c.to_dict(), "seed": c.seed, "cell_key": key, "setting": setting_record(c),
             "versions": runcard.versions(), "git_commit": runcard.git_commit(),
             "device": {**runcard.device_info(device), "processes": distributed.world_size()},
             "attack": {"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
             "defense": {"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
-                        "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe()},
+                        "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe(),
+                        **({"tuning": plan.tuning} if plan.tuning else {})},
             "costs": {},
         }
         try:
@@ -320,7 +328,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     card["poison"] = {
         "target": target_name, "target_index": target_index, "count": poison.count,
         "rate": poison.count / len(data.pretrain), "candidates": poison.candidates,
-        "indices": poison.indices, "indices_sha256": poison.indices_sha256(),
+        "indices": poison.indices, "indices_sha256": poison.indices_sha256(), "noise_count": len(poison.noise_indices),
         "example_captions": poison.captions[:5],
     }
     log(f"poison: {poison.count} of {len(data.pretrain)} pairs -> target {target_name!r} ({c.attack})")
@@ -350,6 +358,8 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     )
     costs["eval_seconds"] = before["seconds"]
     card["metrics"] = {"poisoned": before}
+    if data.validation is not None:
+        card["metrics"]["validation"] = {"poisoned": clean_accuracy(bundle, data.validation, plan.device)}
     log(f"poisoned model: CA {before['ca_top1']['value']:.1%}  ASR {before['asr']['value']:.1%}")
 
     card["stage"] = f"defense {c.defense!r}"
@@ -388,6 +398,10 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
         )
         costs["eval_seconds"] += after["seconds"]
     card["metrics"]["defended"] = after
+    if data.validation is not None:
+        card["metrics"]["validation"]["defended"] = (
+            card["metrics"]["validation"]["poisoned"] if plan.defense_is_identity
+            else clean_accuracy(bundle, data.validation, plan.device))
     card["metrics"]["change"] = {
         "ca_top1": after["ca_top1"]["value"] - before["ca_top1"]["value"],
         "asr": after["asr"]["value"] - before["asr"]["value"],

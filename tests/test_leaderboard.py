@@ -425,3 +425,80 @@ def test_cards_with_the_same_file_name_in_subfolders_get_their_own_pages(tmp_pat
         (tmp_path / "results" / "runs" / sub / "card.json").write_text(json.dumps(synthetic_card(seed=seed)))
     report = build_site(tmp_path / "results", tmp_path / "site")
     assert report.cards == 2 and len(list((tmp_path / "site" / "cards").glob("*.html"))) == 2
+
+
+# --- the index's views: matrix and rankings ------------------------------------------------------
+
+
+def _sweep_like() -> list[dict]:
+    """badnet implants at 1% and 2% (strongly at 2%), blended only weakly, at the clean base rate at 1%."""
+    cards = []
+    for seed in range(3):
+        cards.append(synthetic_card(attack="none", defense="none", seed=seed, ca_after=(900, 1000), asr_after=(10, 1000)))
+        for attack, rate, asr, after in (("badnet", 0.01, 400, {"cleanclip": 50, "finetune": 200}),
+                                         ("badnet", 0.02, 950, {"cleanclip": 100, "finetune": 600}),
+                                         ("blended", 0.01, 12, {"cleanclip": 10, "finetune": 11}),
+                                         ("blended", 0.02, 300, {"cleanclip": 150, "finetune": 20})):
+            cards.append(synthetic_card(attack=attack, rate=rate, defense="none", seed=seed, ca=(900, 1000),
+                                        asr=(asr, 1000), ca_after=(900, 1000), asr_after=(asr, 1000)))
+            for defense, left in after.items():
+                cards.append(synthetic_card(attack=attack, rate=rate, defense=defense, seed=seed, ca=(900, 1000),
+                                            asr=(asr, 1000), ca_after=(880, 1000), asr_after=(left, 1000)))
+    for card in cards:
+        card["metrics"]["defended"]["stealthiness"] = {"psnr_db": 25.0, "linf": 0.5, "l2": 2.0}
+    return cards
+
+
+def test_matrices_one_per_rate_with_the_clean_control_and_reference_first():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import matrices
+
+    found = matrices(analyse(_sweep_like()).table)
+    assert [m.rate for m in found] == ["1%", "2%"]
+    assert found[0].defenses == ["none", "cleanclip", "finetune"]
+    assert [row[0] for row in found[0].rows] == ["none", "badnet", "blended"]
+    assert [row[1] for row in found[0].rows] == [None, True, False]  # blended 1% did not implant
+    badnet_2 = found[1].rows[1][2]
+    assert [bool(cell["der_best"]) for cell in badnet_2] == [False, True, False]
+
+
+def test_defense_ranking_averages_der_over_the_implanted_groups_only():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import defense_ranking
+
+    analysis = analyse(_sweep_like())
+    entries, groups = defense_ranking(analysis, analysis.table["setting"].iloc[0])
+    assert groups == 3  # badnet 1%, badnet 2%, blended 2%; blended 1% did not implant
+    clean, fine = entries
+    # DER per group, CA 90% -> 88% everywhere: (ASR drop - 0.02 + 1) / 2
+    expected = {"cleanclip": [(0.35 - 0.02 + 1) / 2, (0.85 - 0.02 + 1) / 2, (0.15 - 0.02 + 1) / 2],
+                "finetune": [(0.20 - 0.02 + 1) / 2, (0.35 - 0.02 + 1) / 2, (0.28 - 0.02 + 1) / 2]}
+    assert clean.name == "cleanclip" and clean.value == pytest.approx(sum(expected["cleanclip"]) / 3)
+    assert fine.value == pytest.approx(sum(expected["finetune"]) / 3)
+    assert clean.rank == 1 and clean.best and fine.rank == 2 and clean.low < clean.value < clean.high
+    assert clean.extra["groups"] == "3 of 3" and clean.extra["d_ca"][0] == pytest.approx(-0.02)
+
+
+def test_attack_ranking_uses_the_worst_case_over_defenses_and_the_rate_curve():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import attack_ranking
+
+    cards = _sweep_like()
+    analysis = analyse(cards)
+    entries, rate = attack_ranking(analysis, analysis.table["setting"].iloc[0], cards)
+    assert rate == "2%"
+    badnet, blended = entries
+    # badnet at 2%: cleanclip leaves 10%, finetune 60%: the worst case for the attack is 10%
+    assert (badnet.name, badnet.value, badnet.extra["by"]) == ("badnet", pytest.approx(0.10), "cleanclip")
+    assert blended.value == pytest.approx(0.02) and badnet.rank == 1 and badnet.best and blended.rank == 2
+    # undefended ASR: badnet 40% at 1%, 95% at 2%: 50% is reached at exp(log 1 + (0.1/0.55) log 2) = 1.13%
+    assert badnet.extra["reach"] == {0.5: "≈ 1.1%", 0.9: "≈ 1.9%"}
+    assert blended.extra["reach"] == {0.5: "> 2%", 0.9: "> 2%"}
+    assert badnet.extra["psnr_db"] == 25.0 and badnet.extra["linf"] == 0.5
+
+
+def test_the_index_shows_the_matrix_and_rankings_before_the_big_table(tmp_path):
+    _build(tmp_path, _sweep_like())
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert index.index('class="matrix-table"') < index.index('id="defense-ranking"') < index.index('id="leaderboard"')
+    assert index.count('class="matrix-table"') == 2 and 'id="attack-ranking"' in index
