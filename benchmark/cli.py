@@ -15,7 +15,7 @@ import click
 from cleanbench import distributed
 from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
 from cleanbench.errors import CleanbenchError, RunError, UsageError
-from cleanbench.registry import ATTACKS, DEFENSES, load_plugin_file
+from cleanbench.registry import ATTACKS, DEFENSES, DETECTORS, load_plugin_file
 
 DEFAULTS = RunConfig()
 
@@ -134,10 +134,10 @@ def run(**options) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(["attacks", "defenses", "models"]))
+@click.argument("kind", required=False, type=click.Choice(["attacks", "defenses", "detectors", "models"]))
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers plugins.")
 def list_(kind: str | None, plugin: tuple[str, ...]) -> None:
-    """List registered attacks, defenses and models."""
+    """List registered attacks, defenses, detectors and models."""
     for path in plugin:
         try:
             load_plugin_file(path)
@@ -150,6 +150,10 @@ def list_(kind: str | None, plugin: tuple[str, ...]) -> None:
     if kind in (None, "defenses"):
         click.echo("defenses:")
         for entry in DEFENSES.entries():
+            click.echo(_entry_line(entry, "source"))
+    if kind in (None, "detectors"):
+        click.echo("detectors:")
+        for entry in DETECTORS.entries():
             click.echo(_entry_line(entry, "source"))
     if kind == "models":
         from cleanbench.models import available_models
@@ -193,6 +197,7 @@ from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # no
 from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
 from cleanbench.verify import verify_command; cli.add_command(verify_command)  # noqa: E402, E702
 from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
+from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
 
 
 def main(argv: list[str] | None = None) -> int:
