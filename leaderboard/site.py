@@ -27,12 +27,14 @@ from cleanbench.leaderboard.display import (
     number,
     row_anchor,
 )
+from cleanbench.leaderboard.gallery import draw_gallery
 from cleanbench.leaderboard.plots import draw_all
 from cleanbench.leaderboard.table import METRICS, NOT_RUN, Analysis, analyse, slug
 from cleanbench.leaderboard.views import attack_ranking, defense_ranking, matrices
 
 MARKER = ".cleanbench-site"
-GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses", "plots", "static")
+GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses", "plots", "static",
+             "gallery")
 METHODS = {
     "bootstrap": "95% bootstrap interval over seeds and test images",
     "seeds": "no interval (not a proportion)",
@@ -70,6 +72,8 @@ def _environment() -> jinja2.Environment:
     env.filters["pretty"] = lambda v: json.dumps(_plain(v), indent=2, ensure_ascii=False)
     env.filters["secs"] = lambda v: "N/A" if missing(v) else f"{v:.1f} s"
     env.filters["slug"] = slug
+    env.filters["db"] = lambda v: "n/a" if missing(v) or math.isinf(v) else f"{v:.1f} dB"
+    env.filters["unit"] = lambda v: "n/a" if missing(v) else f"{v:.3f}"
     return env
 
 
@@ -175,13 +179,14 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     _copy_static(site_dir)
     env = _environment()
     figures = draw_all(table, site_dir)
+    gallery = draw_gallery(scan.cards, site_dir)
 
     card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem, c['_path'])}.html" for c in scan.cards}
     card_seeds = {c["_path"]: (c["config"]["seed"], c["status"]) for c in scan.cards}
     rows = _display_rows(table, card_pages, card_seeds)
     settings = list(dict.fromkeys(table["setting"]))
     common = {"metrics": METRICS, "help": HELP, "methods": METHODS, "multi_setting": len(settings) > 1,
-              "settings": settings}
+              "settings": settings, "gallery": gallery}
     pages = 0
 
     def render(template: str, relative: str, **values: Any) -> None:

@@ -520,3 +520,33 @@ def test_rows_have_stable_anchors_and_card_pages_link_back_once(tmp_path):
     assert f'href="../index.html#{anchor}"' in text
     assert text.count("cleanbench run --config runs/cleanclip-0.json") == 1  # each command printed once
     assert ">seed 1</a>" in text and ">seed 2</a>" in text and ">seed 0</a>" not in text
+
+
+def test_the_gallery_draws_each_attack_from_its_runs_seed_and_options(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cleanbench.attacks import attack_from_card, trigger_preview
+    from cleanbench.attacks.badnet import BadNet
+
+    cards = [synthetic_card(seed=s, attack_options={"patch_size": 56}) for s in (2, 1)]
+    cards.append(synthetic_card(attack="not-installed", seed=0))
+    _build(tmp_path, cards)
+    site = tmp_path / "site"
+    config = RunConfig(attack="badnet", seed=1).to_dict()["data"]
+    attack = attack_from_card(BadNet, {"patch_size": 56}, 32, 1)  # the lowest seed of the row
+    clean, triggered = trigger_preview(attack, config, "star")
+    pictures = {kind: np.asarray(Image.open(next(site.glob(f"gallery/badnet-*-{kind}.png")))) for kind in ("clean", "triggered")}
+    for kind, tensor in (("clean", clean[0]), ("triggered", triggered[0])):
+        picture = pictures[kind]
+        assert picture.shape == (128, 128, 3)  # 32 px enlarged 4 times
+        assert (picture[::4, ::4] == tensor.permute(1, 2, 0).numpy()).all()  # nearest neighbour: 4 x 4 blocks
+        assert (picture == np.kron(picture[::4, ::4], np.ones((4, 4, 1), dtype=np.uint8))).all()
+    changed = (triggered[0] != clean[0]).any(dim=0)
+    assert 0 < int(changed.sum()) < 32 * 32 and bool(changed[-2, -2])  # an 8 px patch near the corner
+    assert not torch.equal(clean, triggered)
+    index = (site / "index.html").read_text()
+    assert index.count('<figure class="trigger">') == 2 and "no preview: UsageError" in index
+    page = next(p for p in (site / "attacks").glob("badnet-*.html")).read_text()
+    assert 'class="trigger large"' in page and "seed 1" in page and "PSNR" in page
