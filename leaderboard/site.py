@@ -28,7 +28,9 @@ from cleanbench.leaderboard.display import (
     row_anchor,
 )
 from cleanbench.leaderboard.gallery import draw_gallery
+from cleanbench.leaderboard.papers import linked
 from cleanbench.leaderboard.plots import draw_all
+from cleanbench.leaderboard.setting import setting_facts
 from cleanbench.leaderboard.table import METRICS, NOT_RUN, Analysis, analyse, slug
 from cleanbench.leaderboard.views import attack_ranking, defense_ranking, matrices
 
@@ -162,7 +164,7 @@ def _plugin_info(cards: list[dict], role: str, label: str) -> dict[str, Any]:
     card = next(c for c in cards if c["_cell"][1 if role == "attack" else 3] == label)
     plugin = card[role]
     return {"name": label, "plugin": plugin["name"], "description": plugin.get("description"),
-            "reference": plugin.get("paper") if role == "attack" else plugin.get("source"),
+            "reference": linked(plugin.get("paper") if role == "attack" else plugin.get("source")),
             "stage": plugin.get("stage"), "options": plugin.get("options", {})}
 
 
@@ -250,7 +252,9 @@ def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
         attacks, top_rate = attack_ranking(analysis, setting, cards)
         rates = list(table[(table["setting"] == setting) & (table["attack"] != "none")]
                      .drop_duplicates("poison_rate").sort_values("rate")["poison_rate"])
-        out.append({"setting": setting, "n_groups": n_groups, "top_rate": top_rate, "rates": rates,
+        key = table.loc[table["setting"] == setting, "setting_key"].iloc[0]
+        out.append({"setting": setting, "facts": setting_facts([c for c in cards if c["_cell"][0] == key]),
+                    "n_groups": n_groups, "top_rate": top_rate, "rates": rates,
                     "matrices": [matrix_view(m, len(settings) > 1) for m in all_matrices if m.setting == setting],
                     "defenses": defense_ranking_view(defenses), "attacks": attack_ranking_view(attacks, rates)})
     return out

@@ -550,3 +550,43 @@ def test_the_gallery_draws_each_attack_from_its_runs_seed_and_options(tmp_path):
     assert index.count('<figure class="trigger">') == 2 and "no preview: UsageError" in index
     page = next(p for p in (site / "attacks").glob("badnet-*.html")).read_text()
     assert 'class="trigger large"' in page and "seed 1" in page and "PSNR" in page
+
+
+def test_the_setting_box_says_what_the_numbers_were_measured_on(tmp_path):
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1)]
+    cards[0]["git_commit"], cards[1]["git_commit"] = "abc123+dirty", "def456"
+    cards[2]["defense"]["training"] = [{"stage": "defense:cleanclip", "steps": 150}]
+    cards[2]["defense"]["options"] = {"epochs": 10, "lr": 0.002}
+    _build(tmp_path, cards)
+    index = (tmp_path / "site" / "index.html").read_text()
+    box = index[index.index('class="setting-box"'):index.index("</section>", index.index('class="setting-box"'))]
+    assert index.index('class="setting-box"') < index.index('class="matrix-table"')
+    for fact in ("10,000 pretraining pairs", "2,000 clean pairs for the defender", "2,000 test images", "32 px",
+                 "cleanbench_tinycnn image tower", "128-d joint embedding", "trained from scratch",
+                 "<strong>cleanclip</strong> 10 epochs (150 steps), lr 0.002", "None recorded in the cards",
+                 "cpu", "4 cards from 2 commits, 1 of them with uncommitted changes", "not comparable to numbers reported on CC3M"):
+        assert fact in box, fact
+    attack_page = next((tmp_path / "site" / "attacks").glob("badnet-*.html")).read_text()
+    assert "A. Author, 2020" in attack_page  # a reference naming no known paper stays text
+    assert 'src="http' not in index and "<link" not in index.replace('<link rel="stylesheet" href="static/', "").replace('<link rel="icon"', "")
+
+
+def test_paper_fields_link_the_papers_they_name():
+    from cleanbench.leaderboard.papers import linked
+
+    parts = linked("Gu et al., BadNets, 2017; CleanCLIP reference (Bansal et al., ICCV 2023)")
+    assert parts == [("Gu et al., BadNets, 2017", "https://arxiv.org/abs/1708.06733"),
+                     ("CleanCLIP reference (Bansal et al., ICCV 2023)", "https://arxiv.org/abs/2303.03323")]
+    assert linked("A. Author, 2020") == [("A. Author, 2020", None)] and linked(None) == []
+
+
+def test_the_description_of_the_embedded_data_matches_the_data():
+    from cleanbench.data.embedded import CAPTION_TEMPLATES
+    from cleanbench.data.shapes import BACKGROUNDS, COLOURS, COLUMNS, ROWS, SHAPES, SIZE_WORDS
+    from cleanbench.leaderboard.setting import DATA
+
+    text = DATA["embedded-shapes"]
+    assert f"one of {len(SHAPES)} shapes (the class: {', '.join(SHAPES)})" in text
+    assert f"one of {len(COLOURS)} colours and {len(SIZE_WORDS)} sizes, at one of {len(ROWS) * len(COLUMNS)} positions" in text
+    assert f"{', '.join(BACKGROUNDS[:-1])} or {BACKGROUNDS[-1]} background" in text
+    assert f"{len(CAPTION_TEMPLATES)} templates" in text
