@@ -25,13 +25,14 @@ are made once before training: their cost is in the setup rows.
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`: matrix products, convolutions and
 attention, forward and backward; element-wise work (normalisation, activations, the optimizer) is
-not counted. On CUDA, MFU = counted FLOPs / median seconds / the device's peak (`PEAK_TFLOPS`, or
-`--peak-tflops`).
+not counted. Achieved GFLOP/s = counted FLOPs / median seconds; "of peak" divides it by the
+device's peak: `--peak-tflops`, else on CUDA the data sheet's (`PEAK_TFLOPS`, shown as MFU), else
+the measured float32 matmul peak of this device on these threads (`cleanbench.peak`).
 
 The cell estimate takes the defaults of `cleanbench run` (data sizes, epochs, CleanCLIP) with this
 model, batch size and image size: data generation, model build, poisoning and tokenisation scale
 with the number of pairs; pretraining and the defense are steps times the median step; the two
-evaluations are images over the evaluation's speed; WordNet is read once per process.
+evaluations are images over the evaluation's speed; the synonym table is read once per process.
 
 `--reference-triggers` adds the comparison of `cleanbench.trigger_bench`: the reference's per-image
 PIL triggers at 224 px on the CPU against cleanbench's batched uint8 path with the options that
@@ -59,7 +60,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms.functional import to_pil_image, to_tensor
 
 from cleanbench.attacks.base import Attack, trigger_uint8
-from cleanbench.augment import ImageView, image_view, load_wordnet
+from cleanbench.augment import ImageView, image_view
 from cleanbench.config import RunConfig
 from cleanbench.data.base import ClassificationSet, PairSet, class_index
 from cleanbench.data.embedded import load_embedded
@@ -68,12 +69,14 @@ from cleanbench.defenses.contrastive import ContrastiveFinetune
 from cleanbench.errors import UsageError
 from cleanbench.evaluation import EVAL_TRIGGER_STREAM, IMAGE_BATCH, autocast, class_embeddings, evaluate
 from cleanbench.losses import cleanclip_loss, clip_loss
+from cleanbench.peak import MATMUL_SIDE, matmul_peak_tflops
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import TINY_MODEL, build_model, check_model, input_size
 from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.runner import pretrain_objective, pretrain_batches, resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
+from cleanbench.synonyms import embedded_table
 from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig, decay_groups, train
 from cleanbench.trigger_bench import REFERENCE_OPTIONS, SIDE, reference_triggers
 
@@ -296,12 +299,12 @@ class _Bench:
         seed_everything(derive_seed(cfg.seed, "init"))
         self.bundle = build_model(cfg.model, None, str(self.device))
         self.once["model_build_seconds"] = time.perf_counter() - start
-        if load_wordnet.cache_info().currsize == 0:
+        if embedded_table.cache_info().currsize == 0:
             start = time.perf_counter()
-            load_wordnet()
-            self.once["wordnet_load_seconds"] = time.perf_counter() - start
+            embedded_table()
+            self.once["synonyms_load_seconds"] = time.perf_counter() - start
         else:
-            self.once["wordnet_load_seconds"] = 0.0  # already read by this process
+            self.once["synonyms_load_seconds"] = 0.0  # already read by this process
         budget = poison_budget(len(self.pretrain), c.poison_rate, c.poison_count)
 
         def poison() -> PairSet:
@@ -571,7 +574,7 @@ def _estimate(result: BenchResult, bench: _Bench) -> dict[str, float]:
         "tokenise": per_item("setup:tokenise") * n_pretrain,
         "pretraining": c.pretrain.epochs * (n_pretrain // bench.batch) * step("train:pretrain"),
         "evaluations (2)": 2 * evaluated * per_item("eval:evaluate"),
-        "defense setup": once["wordnet_load_seconds"] + per_item("setup:cleanclip") * n_clean,
+        "defense setup": once["synonyms_load_seconds"] + per_item("setup:cleanclip") * n_clean,
         "defense (cleanclip)": defense.epochs * (n_clean // bench.batch) * step("train:cleanclip"),
     }
     parts["total"] = sum(parts.values())
@@ -612,6 +615,11 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda message: 
     measures = bench.run()
     environment["load_average_end"] = list(os.getloadavg())
     peak = device_peak_tflops(bench.device, config.peak_tflops)
+    environment["peak_source"] = "given" if config.peak_tflops else "data sheet" if peak else "measured"
+    environment["matmul_peak_tflops"] = matmul_peak_tflops(bench.device)
+    if peak is None:
+        peak = environment["matmul_peak_tflops"]
+        environment["peak_source"] = f"measured: float32 {MATMUL_SIDE}x{MATMUL_SIDE} matmul"
     result = BenchResult(config, environment | {"image_size": bench.size}, measures, {}, {}, peak)
     result.breakdown = _breakdown(result)
     result.estimate = _estimate(result, bench)
@@ -654,13 +662,16 @@ def format_result(result: BenchResult) -> str:
             "target": "" if row["met"] is None else ("met" if row["met"] else "MISSED"),
             "GFLOP/step": _fmt(row["flops"] / row["steps"] / 1e9 if training and row["flops"] else None, "{:.2f}"),
         }
-        if cuda:
-            entry["TFLOP/s"] = _fmt(row["achieved_tflops"], "{:.1f}")
-            entry["MFU"] = _fmt(row["mfu"], "{:.1%}")
+        entry["GFLOP/s"] = _fmt(row["achieved_tflops"] * 1e3 if row["achieved_tflops"] else None, "{:.0f}")
+        data_sheet = cuda and not str(env.get("peak_source", "")).startswith("measured")
+        entry["MFU" if data_sheet else "of peak"] = _fmt(row["mfu"], "{:.1%}")
         table.append(entry)
     lines.append(pd.DataFrame(table).to_string(index=False))
-    if cuda and result.peak_tflops is None:
-        lines.append("MFU: unknown peak for this device; pass --peak-tflops")
+    if result.peak_tflops is None:
+        lines.append("peak: unknown for this device; pass --peak-tflops")
+    elif "matmul_peak_tflops" in env:
+        lines.append(f"peak {1e3 * result.peak_tflops:.0f} GFLOP/s ({env.get('peak_source')}); "
+                     f"measured float32 matmul {1e3 * env['matmul_peak_tflops']:.0f} GFLOP/s")
     noisy = [m.name for m in result.measures.values() if m.group in STAGE_GROUPS and m.spread > NOISY_SPREAD]
     if noisy:
         lines.append(f"noisy: {len(noisy)} stage rows spread over {NOISY_SPREAD:.0%} (the device was busy); "

@@ -18,17 +18,30 @@ import click
 from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
 from cleanbench.errors import CleanbenchError, Interrupted, RunError, UsageError
 from cleanbench.fileio import RESOURCE_ERRNOS, StorageError
-from cleanbench.registry import ATTACKS, DEFENSES, load_plugin_file
+from cleanbench.registry import ATTACKS, DEFENSES, DETECTORS, load_plugin_file
 
 DEFAULTS = RunConfig()
 
 
-def _config_from_file(path: str) -> dict:
-    """A YAML config, or the `config` section of a run card (to reproduce it)."""
+def _config_from_file(path: str) -> tuple[dict, dict | None]:
+    """A YAML config, or the `config` section of a run card (to reproduce it, writing to this run's
+    results folder) and the card."""
     values = load_yaml(path)
-    if "schema_version" in values and "config" in values:
-        return values["config"]
-    return values
+    if "schema_version" in values and "config" in values and isinstance(values["config"], dict):
+        where = ("results_dir", "cache_dir")  # where the card's run wrote, not part of the cell: this run writes here
+        return {k: v for k, v in values["config"].items() if k not in where}, values
+    return values, None
+
+
+def _environment_note(card: dict, config: RunConfig) -> None:
+    """One line on stderr when the card being re-run was made in another environment."""
+    from cleanbench import environment
+    from cleanbench.runner import resolve_device
+
+    now = environment.current(resolve_device(config.device), config.threads)
+    note = environment.mismatch_note("this run card", environment.recorded(card), now)
+    if note:
+        click.echo(note, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -50,6 +63,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--target", default=None, help=f"Target class name or index [default: {DEFAULTS.target}].")
 @click.option("--seed", type=int, default=None, help=f"Run seed [default: {DEFAULTS.seed}].")
 @click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N [default: auto].")
+@click.option("--threads", type=int, default=None, help=f"torch threads on the CPU; part of the cell (another count gives slightly other numbers) [default: {DEFAULTS.threads}].")
 @click.option("--model", default=None, help=f"open_clip model name [default: {DEFAULTS.model.name}].")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path [default: none].")
 @click.option("--threat", default=None, type=click.Choice(["scratch", "finetune-pretrained"]), help="Train the poisoned model from random weights, or finetune --pretrained weights [default: scratch].")
@@ -60,6 +74,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--eval-data", default=None, help="Zero-shot test set: a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT.")
 @click.option("--save-model", default=None, type=click.Path(file_okay=False), help="Folder to save the poisoned and defended models in, as open_clip folders (local-dir:).")
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers attacks/defenses; repeatable.")
+@click.option("--tuning", default=None, type=click.Path(dir_okay=False), help="Tuning record from `cleanbench tune`: the defense's strength option comes from it.")
 @click.option("--no-cache", is_flag=True, help="Retrain the poisoned model even when a cached one exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=int, default=1, help="Train with DDP on N processes on this machine (torchrun: one GPU each, or CPU with gloo).")
@@ -71,13 +86,13 @@ def run(**options) -> None:
         return distributed.relaunch(options["nproc"], distributed.without_option(sys.argv[1:], "--nproc"))
     for path in options["plugin"]:
         load_plugin_file(path)
-    values = _config_from_file(options["config_file"]) if options["config_file"] else {}
+    values, source_card = _config_from_file(options["config_file"]) if options["config_file"] else ({}, None)
     if options["preset"]:
         from cleanbench.presets import preset_values
 
         values = merge(preset_values(options["preset"]), values)
     overrides: dict = {}
-    for key in ("attack", "defense", "target", "seed", "device", "results_dir"):
+    for key in ("attack", "defense", "target", "seed", "device", "threads", "results_dir", "tuning"):
         if options[key] is not None:
             overrides[key] = options[key]
     if options["poison_rate"] is not None or options["poison_count"] is not None:
@@ -108,6 +123,10 @@ def run(**options) -> None:
     DEFENSES.check_name(config.defense)
 
     from cleanbench import distributed
+
+    if source_card is not None and distributed.is_main():
+        _environment_note(source_card, config)
+
     from cleanbench.export import saving_models
     from cleanbench.runner import run_cell
     from cleanbench.summary import cell_summary
@@ -125,10 +144,10 @@ def run(**options) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(["attacks", "defenses", "models"]))
+@click.argument("kind", required=False, type=click.Choice(["attacks", "defenses", "detectors", "models"]))
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers plugins.")
 def list_(kind: str | None, plugin: tuple[str, ...]) -> None:
-    """List registered attacks, defenses and models."""
+    """List registered attacks, defenses, detectors and models."""
     for path in plugin:
         try:
             load_plugin_file(path)
@@ -141,6 +160,10 @@ def list_(kind: str | None, plugin: tuple[str, ...]) -> None:
     if kind in (None, "defenses"):
         click.echo("defenses:")
         for entry in DEFENSES.entries():
+            click.echo(_entry_line(entry, "source"))
+    if kind in (None, "detectors"):
+        click.echo("detectors:")
+        for entry in DETECTORS.entries():
             click.echo(_entry_line(entry, "source"))
     if kind == "models":
         from cleanbench.models import available_models
@@ -160,20 +183,26 @@ def _entry_line(entry, reference_attr: str) -> str:
 
 
 @cli.command()
-@click.argument("results_dir", default="results", type=click.Path(file_okay=False))
+@click.argument("results_dir", default=DEFAULTS.results_dir, type=click.Path(file_okay=False))
 def results(results_dir: str) -> None:
-    """Print a table of the run cards under RESULTS_DIR; files that are not valid cards are listed with the reason."""
+    """Print a table of the run cards in RESULTS_DIR (a folder with a runs/ folder, e.g. a published
+    sweep such as results/sweeps/default, or a runs/ folder itself); files that are not valid cards
+    are listed on stderr with the reason."""
     from cleanbench.leaderboard.cards import cards_table, scan_cards
 
-    scan = scan_cards(Path(results_dir))
-    for path, reason in scan.rejected:
+    folder = Path(results_dir)
+    scan = scan_cards(folder.parent if not (folder / "runs").is_dir() and folder.name == "runs" else folder)
+    cards = [c for c in scan.cards if Path(c["_path"]).is_relative_to(folder)]
+    rejected = [(path, reason) for path, reason in scan.rejected if Path(path).is_relative_to(folder)]
+    for path, reason in rejected:
         click.echo(f"skipped {path}: {reason}", err=True)
-    if not scan.cards:
-        skipped = f" ({len(scan.rejected)} files skipped, listed above)" if scan.rejected else ""
-        raise UsageError(f"no valid run cards under {results_dir!r}{skipped}; run `cleanbench run` first")
-    click.echo(cards_table(scan.cards).to_string(index=False))
-    if scan.rejected:
-        click.echo(f"{len(scan.cards)} run cards; {len(scan.rejected)} files skipped (listed on stderr)")
+    if not cards:
+        skipped = f" ({len(rejected)} files skipped, listed above)" if rejected else ""
+        raise UsageError(f"no valid run cards under {results_dir!r}{skipped}; run `cleanbench run` first, or name a "
+                         "results folder, e.g. `cleanbench results results/sweeps/default`")
+    click.echo(cards_table(cards).to_string(index=False))
+    if rejected:
+        click.echo(f"{len(cards)} run cards; {len(rejected)} files skipped (listed on stderr)")
 
 
 # Commands defined in their own modules are attached here, one line each. A command's module imports
@@ -183,6 +212,9 @@ from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderbo
 from cleanbench.sweep.command import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 from cleanbench.bench_command import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
 from cleanbench.cache_command import cache_command; cli.add_command(cache_command)  # noqa: E402, E702
+from cleanbench.verify import verify_command; cli.add_command(verify_command)  # noqa: E402, E702
+from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
+from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,8 @@ class TrainConfig:
 class DataConfig:
     """Which data a cell uses: `embedded` (procedural shapes, made in memory) or `csv` (files on disk).
 
-    Embedded: `preset`, `image_size` and the three sizes say what to generate. CSV (docs/real-data.md):
+    Embedded: `preset`, `image_size` and the sizes say what to generate (`n_validation`: the
+    validation split that `cleanbench tune` scores, never the test set). CSV (docs/real-data.md):
     `train` is a CSV of image-caption pairs (the training set that gets poisoned), `clean` a CSV for
     the defense (default: a seeded random subset of `limit_clean` rows of `train`), `eval` the
     zero-shot test set (a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT).
@@ -55,6 +56,7 @@ class DataConfig:
     n_pretrain: int = 10_000
     n_clean: int = 2_000
     n_test: int = 2_000
+    n_validation: int = 1_000
     train: str | None = None
     clean: str | None = None
     eval: str | None = None
@@ -102,9 +104,17 @@ class ModelConfig:
     trust_checkpoint: bool = False
 
 
+DEFAULT_RESULTS_DIR = "results/local"
+"""Where a run writes its card unless told otherwise: untracked (.gitignore), apart from the published
+cards under results/ (docs/results.md)."""
+
+
 @dataclass
 class RunConfig:
-    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it."""
+    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it.
+
+    `threads` is torch's intra-op thread count on the CPU: float sums run in another order with
+    another count, so it changes the trained model and is part of the cache key."""
 
     attack: str = "badnet"
     attack_options: dict[str, Any] = field(default_factory=dict)
@@ -115,12 +125,20 @@ class RunConfig:
     target: str = "star"
     seed: int = 0
     device: str = "auto"
-    results_dir: str = "results"
+    threads: int = 1
+    results_dir: str = DEFAULT_RESULTS_DIR
     cache_dir: str | None = None
     use_cache: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
+    defense_defaults: dict[str, Any] = field(default_factory=dict)
+    """Per-defense option defaults of the setting ({defense name: {option: value}}), under `defense_options`."""
+    tuning: str | None = None
+    """A tuning record (`cleanbench tune`; a file, or the name of a setting's shipped record): the
+    defense's strength option comes from it."""
+    setting: str | None = None
+    """The named setting (`--preset NAME`) this configuration starts from; recorded in the card."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -306,9 +324,11 @@ def validate(config: RunConfig) -> RunConfig:
         raise UsageError(f"poison count {config.poison_count} must be >= 0")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
         raise UsageError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N")
+    if config.threads < 1:
+        raise UsageError(f"threads {config.threads} must be >= 1; e.g. --threads 1 (the default)")
     if Path(config.results_dir).exists() and not Path(config.results_dir).is_dir():
         raise UsageError(f"results dir {config.results_dir!r} is a file; pass a folder to --results-dir")
-    for name in ("n_pretrain", "n_clean", "n_test", "image_size"):
+    for name in ("n_pretrain", "n_clean", "n_test", "n_validation", "image_size"):
         if getattr(config.data, name) < 1:
             raise UsageError(f"data.{name} must be >= 1")
     _validate_model(config.model)

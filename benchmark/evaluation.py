@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.attacks.preview import EVAL_TRIGGER_STREAM
 from cleanbench.data.base import ClassificationSet
 from cleanbench.data.images import ImageFiles
 from cleanbench.data.lazy import FileBatches, trigger_rows
@@ -31,7 +32,6 @@ from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 
-EVAL_TRIGGER_STREAM = "eval-trigger"
 TEXT_BATCH = 2048
 IMAGE_BATCH = 512
 """Images per forward pass when scoring in-memory test sets."""
@@ -185,3 +185,13 @@ def evaluate(
         "seconds": seconds,
         "images_per_second": (n + m) / max(seconds, 1e-9),
     }
+
+
+def clean_accuracy(bundle: ModelBundle, images: ClassificationSet, device) -> dict:
+    """Zero-shot top-1 accuracy on in-memory clean images (the validation split), with its interval."""
+    start = time.perf_counter()
+    bundle.model.eval()
+    classes = class_embeddings(bundle, images.classnames, images.templates, device)
+    top1 = predict_topk(bundle, images.images, classes, device, k=1)[:, 0]
+    return {"ca_top1": proportion(int((top1 == images.labels).sum()), len(images.labels)).to_dict(),
+            "seconds": time.perf_counter() - start}

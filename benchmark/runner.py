@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 import cleanbench
-from cleanbench import distributed, runcard
+from cleanbench import distributed, environment, runcard
 from cleanbench.artifacts import CellArtifacts
 from cleanbench.attacks.base import Attack
 from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, content_key
@@ -35,7 +35,7 @@ from cleanbench.data.loading import load_data
 from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
 from cleanbench.errors import CleanbenchError, RunError, UsageError
-from cleanbench.evaluation import evaluate
+from cleanbench.evaluation import clean_accuracy, evaluate
 from cleanbench.fileio import StorageError, remove_stale_temporaries
 from cleanbench.losses import clip_loss
 from cleanbench.models import ModelBundle, build_model, check_model
@@ -43,6 +43,8 @@ from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.seeding import derive_seed, seed_everything
 from cleanbench.trainer import Batch, InMemoryBatches, train
+from cleanbench.presets import setting_record
+from cleanbench.tuning import apply_record
 
 Log = Callable[[str], None]
 
@@ -68,6 +70,8 @@ _EVAL_FIELDS = ("eval", "eval_classes", "eval_split", "limit_test", "n_test")
 """Data settings that only the test set depends on."""
 _SPEED_FIELDS = ("workers",)
 """Data settings that change speed, not results."""
+_VALIDATION_FIELDS = ("n_validation",)
+"""Data settings that only the validation split depends on (scored in every run, never cached)."""
 _FILE_FIELDS = ("train", "clean", "eval", "eval_classes")
 
 
@@ -108,9 +112,11 @@ class Plan:
         self.config = validate(config)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)
         self.defense_cls: type[Defense] = DEFENSES.get(config.defense)
+        self.tuning = apply_record(config)
         self.attack_options = build_options(self.attack_cls.Options, config.attack_options, f"attack {config.attack!r} options")
+        defaults = config.defense_defaults.get(config.defense, {})
         self.defense_options = build_options(
-            self.defense_cls.Options, config.defense_options, f"defense {config.defense!r} options"
+            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
         )
         self.device = resolve_device(config.device)
         self._data_parts: dict[str, dict[str, Any]] = {}
@@ -138,7 +144,8 @@ class Plan:
             data = {f.name: getattr(self.config.data, f.name) for f in dataclasses.fields(self.config.data)}  # scalars
             fields = {"clean": _CLEAN_FIELDS, "eval": _EVAL_FIELDS}.get(part)
             if fields is None:
-                fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS)
+                fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS
+                               + _VALIDATION_FIELDS)
             self._data_parts[part] = {k: data[k] for k in fields} | {
                 f"{k}_digest": _digest(data[k]) for k in fields if k in _FILE_FIELDS}
         return self._data_parts[part]
@@ -155,13 +162,13 @@ class Plan:
         c = self.config
         model = {k: v for k, v in asdict(c.model).items() if k != "trust_checkpoint"}
         self._keys["poisoned"] = content_key({
-            "artifact": "poisoned-model",
+            "artifact": "poisoned-model", "setting": c.setting,
             "cleanbench": cleanbench.__version__,
             "attack": c.attack, "attack_version": self.attack_cls.version,
             "attack_options": asdict(self.attack_options),
             "poison_rate": c.poison_rate if c.attack != "none" else None,
             "poison_count": c.poison_count if c.attack != "none" else None,
-            "target": c.target, "seed": c.seed, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
+            "target": c.target, "seed": c.seed, "threads": c.threads, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
             "model": model, "model_digest": _digest(c.model.name.removeprefix("local-dir:")),
             "pretrained_digest": _digest(c.model.pretrained),
         })
@@ -170,7 +177,7 @@ class Plan:
     def _defense_inputs(self) -> dict[str, Any]:
         return {"poisoned": self.poisoned_model_key(), "defense": self.config.defense,
                 "defense_version": self.defense_cls.version, "defense_options": asdict(self.defense_options),
-                "clean_data": self._data("clean")}
+                "clean_data": self._data("clean"), "threads": self.config.threads}
 
     def defended_model_key(self) -> str:
         """Hash of exactly what determines the defended model (the poisoned model's key for `none`)."""
@@ -185,7 +192,7 @@ class Plan:
         """Hash of what determines an evaluation: the model (whose key fixes attack, target, seed and
         data settings) and the test set."""
         return content_key({"artifact": "evaluation", "cleanbench": cleanbench.__version__,
-                            "model": model_key, "eval_data": self._data("eval")})
+                            "model": model_key, "eval_data": self._data("eval"), "threads": self.config.threads})
 
     def artifact_keys(self) -> dict[str, str]:
         """The keys of the cell's four artifacts, by name."""
@@ -228,7 +235,7 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
     c = plan.config
     key = plan.cell_key()
     path = plan.card_path()
-    with distributed.session(plan.device) as device:
+    with distributed.session(plan.device) as device, environment.torch_threads(c.threads):
         plan.device = device
         main = distributed.is_main()
         progress, log = (progress, log) if main else (False, _silent)
@@ -237,12 +244,13 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
         card: dict[str, Any] = {
             "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
             "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
-            "config": c.to_dict(), "seed": c.seed, "cell_key": key,
-            "versions": runcard.versions(), "git_commit": runcard.git_commit(),
+            "config": c.to_dict(), "seed": c.seed, "cell_key": key, "setting": setting_record(c),
+            "versions": runcard.versions(), "environment": environment.current(device), "git_commit": runcard.git_commit(),
             "device": {**runcard.device_info(device), "processes": distributed.world_size()},
             "attack": {"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
             "defense": {"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
-                        "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe()},
+                        "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe(),
+                        **({"tuning": plan.tuning} if plan.tuning else {})},
             "costs": {},
         }
         try:
@@ -288,7 +296,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     card["poison"] = {
         "target": target_name, "target_index": target_index, "count": poison.count,
         "rate": poison.count / len(data.pretrain), "candidates": poison.candidates,
-        "indices": poison.indices, "indices_sha256": poison.indices_sha256(),
+        "indices": poison.indices, "indices_sha256": poison.indices_sha256(), "noise_count": len(poison.noise_indices),
         "example_captions": poison.captions[:5],
     }
     log(f"poison: {poison.count} of {len(data.pretrain)} pairs -> target {target_name!r} ({c.attack})")
@@ -324,6 +332,8 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     before = artifacts.evaluation("poisoned_evaluation", lambda: evaluation("poisoned_model"))
     costs["eval_seconds"] = before["seconds"]
     card["metrics"] = {"poisoned": before}
+    if data.validation is not None:
+        card["metrics"]["validation"] = {"poisoned": clean_accuracy(bundle, data.validation, plan.device)}
     log(f"poisoned model: CA {before['ca_top1']['value']:.1%}  ASR {before['asr']['value']:.1%}")
 
     card["stage"] = f"defense {c.defense!r}"
@@ -360,6 +370,10 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
         after = artifacts.evaluation("defended_evaluation", lambda: evaluation("defended_model"))
         costs["eval_seconds"] += after["seconds"]
     card["metrics"]["defended"] = after
+    if data.validation is not None:
+        card["metrics"]["validation"]["defended"] = (
+            card["metrics"]["validation"]["poisoned"] if plan.defense_is_identity
+            else clean_accuracy(bundle, data.validation, plan.device))
     card["metrics"]["change"] = {
         "ca_top1": after["ca_top1"]["value"] - before["ca_top1"]["value"],
         "asr": after["asr"]["value"] - before["asr"]["value"],

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from cleanbench.augment import EDA, image_view
-from cleanbench.defenses.base import Defense, DefenseContext
+from cleanbench.defenses.base import Defense, DefenseContext, Strength
 from cleanbench.losses import cleanclip_loss
 from cleanbench.seeding import derive_seed, torch_generator
+from cleanbench.synonyms import check_source_name, synonym_source
 from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainConfig
 
 if TYPE_CHECKING:
@@ -32,6 +33,10 @@ REFERENCE_TRAINING: dict[str, Any] = dict(
     epochs=10, batch_size=64, lr=1e-5, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
 )
 """The reference's optimisation settings for every contrastive defense (spec section 3.3)."""
+
+LR_GRID: tuple[float, ...] = (5e-5, 1e-4, 2e-4, 5e-4)
+"""Learning rates `cleanbench tune` tries for a finetuning defense, weakest first: 1/40 to 1/4 of
+the tiny model's pretraining lr (2e-3), i.e. well below it, as a defender's finetuning is."""
 
 
 @dataclass
@@ -68,17 +73,19 @@ class ViewOptions(TrainingOptions):
     """Training options plus the augmented views of the in-modal losses (benchmark/augment.py)."""
 
     image_view: str = "autoaugment"
-    use_wordnet: bool = True
+    synonyms: str = "embedded"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         image_view(self.image_view)  # raises on an unknown view
+        check_source_name(self.synonyms)  # raises on an unknown source, or on `wordnet` without WordNet
 
 
 class ContrastiveFinetune(Defense):
     """Finetune on the clean pairs with lambda1 * L_CLIP + lambda2 * L_SS; subclasses set the weights."""
 
     Options: ClassVar[type] = TrainingOptions
+    strength: ClassVar[Strength] = Strength("lr", LR_GRID)
 
     def objective_weights(self) -> tuple[float, float]:
         """(lambda1, lambda2): the weights of the cross-modal and the in-modal terms."""
@@ -94,10 +101,10 @@ class ContrastiveFinetune(Defense):
         items_per_pair = 1
         view = None
         if inmodal_weight:
-            eda = EDA(seed=derive_seed(context.seed, self.name, "eda"), use_wordnet=options.use_wordnet)
+            eda = EDA(seed=derive_seed(context.seed, self.name, "eda"), synonyms=synonym_source(options.synonyms))
             tensors["text_views"] = bundle.tokenizer(eda.views(clean.captions)).to(context.device)
             context.notes["text_view_operations"] = eda.operations
-            context.notes["wordnet"] = eda.wordnet_source
+            context.notes["synonyms_from"] = eda.source.origin
             context.notes["image_view"] = options.image_view
             view = image_view(options.image_view)
             items_per_pair = 2
