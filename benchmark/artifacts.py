@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import cleanbench
-from cleanbench import distributed
+from cleanbench import distributed, environment
 from cleanbench.cache import CLASS_EMBEDDINGS, EVALUATIONS, ArtifactCache, content_key
 from cleanbench.config import RunConfig
 from cleanbench.evaluation import class_embeddings
@@ -27,12 +27,12 @@ Log = Callable[[str], None]
 
 
 def class_embeddings_key(model_key: str, classnames: Sequence[str], templates: Sequence[str],
-                         device: torch.device) -> str:
+                         device: torch.device, threads: int | None) -> str:
     """Hash of what determines a model's class embeddings: the model, the class names, the prompt
-    templates, and the device type (CUDA encodes under autocast)."""
+    templates, the device type (CUDA encodes under autocast) and the CPU thread count (as evaluations)."""
     return content_key({"artifact": "class-embeddings", "cleanbench": cleanbench.__version__,
                         "model": model_key, "classnames": list(classnames), "templates": list(templates),
-                        "device": device.type})
+                        "device": device.type, "threads": threads})
 
 
 class CellArtifacts:
@@ -40,7 +40,9 @@ class CellArtifacts:
 
     def __init__(self, config: RunConfig, keys: dict[str, str], card: dict[str, Any], log: Log) -> None:
         self.cache = ArtifactCache(config.cache_dir, log=log) if config.use_cache else None
-        self.log = log
+        self.threads = config.threads
+        self.environment = card["environment"]
+        self.card, self.log = card, log
         self.keys = dict(keys)
         self.record = card["artifacts"] = {}
         for name, key in self.keys.items():
@@ -91,10 +93,17 @@ class CellArtifacts:
         if not distributed.agree(meta is not None):
             return None
         self.record[f"{name}_reused"] = True
+        what = f"the cached {name.replace('_', ' ')} {self.keys[name][:12]}"
+        note = environment.mismatch_note(what, meta.get("environment"), self.environment)
+        if note:
+            self.log(note)
+            self.card.setdefault("environment_notes", []).append(note)
         return meta
 
     def save_model(self, kind: str, name: str, model: torch.nn.Module, meta: dict) -> None:
-        self._store(name.replace("_", " "), lambda: self.cache.save(kind, self.keys[name], model, meta))
+        """Store the model with `meta` and the environment it was made in."""
+        self._store(name.replace("_", " "), lambda: self.cache.save(
+            kind, self.keys[name], model, {**meta, "environment": self.environment}))
 
     def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
         """A cached evaluation, or `compute()` stored under its key."""
@@ -111,7 +120,7 @@ class CellArtifacts:
         """The class embeddings of the model `model_name` names, from the cache or computed (with a
         progress bar) and stored; returns them and the seconds spent computing them (0 when reused)."""
         name = model_name.removesuffix("_model") + "_class_embeddings"
-        self._add(name, class_embeddings_key(self.keys[model_name], classnames, templates, device))
+        self._add(name, class_embeddings_key(self.keys[model_name], classnames, templates, device, self.threads))
         found = self.cache.load_tensors(CLASS_EMBEDDINGS, self.keys[name]) if self.cache is not None else None
         stored = found[0].get("classes") if found is not None else None
         if distributed.agree(isinstance(stored, torch.Tensor) and stored.shape[0] == len(classnames)):
