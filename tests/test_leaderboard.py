@@ -560,7 +560,9 @@ def test_the_setting_box_says_what_the_numbers_were_measured_on(tmp_path):
     _build(tmp_path, cards)
     index = (tmp_path / "site" / "index.html").read_text()
     box = index[index.index('class="setting-box"'):index.index("</section>", index.index('class="setting-box"'))]
-    assert index.index('class="setting-box"') < index.index('class="matrix-table"')
+    assert index.index('class="matrix-table"') < index.index('class="setting-box"') < index.index('id="leaderboard"')
+    lead = index[index.index('<p class="lead">'):index.index("</p>", index.index('<p class="lead">'))]
+    assert "32-px procedural shapes" in lead and "not comparable to CC3M or ImageNet numbers" in lead and "#setting-1" in lead
     for fact in ("10,000 pretraining pairs", "2,000 clean pairs for the defender", "2,000 test images", "32 px",
                  "cleanbench_tinycnn image tower", "128-d joint embedding", "trained from scratch",
                  "<strong>cleanclip</strong> 10 epochs (150 steps), lr 0.002", "None recorded in the cards",
@@ -590,3 +592,27 @@ def test_the_description_of_the_embedded_data_matches_the_data():
     assert f"one of {len(COLOURS)} colours and {len(SIZE_WORDS)} sizes, at one of {len(ROWS) * len(COLUMNS)} positions" in text
     assert f"{', '.join(BACKGROUNDS[:-1])} or {BACKGROUNDS[-1]} background" in text
     assert f"{len(CAPTION_TEMPLATES)} templates" in text
+
+
+def test_the_add_your_defense_page_matches_the_example_package_and_the_sweep(tmp_path):
+    import html
+    import tomllib
+
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1)]
+    cards.append(synthetic_card(attack="none", defense="none"))
+    for card in cards:
+        card["command"] = "cleanbench sweep results/grid.yaml --quiet"
+        card["config"]["results_dir"] = "results/sweeps/mine"
+    _build(tmp_path, cards)
+    page = html.unescape((tmp_path / "site" / "add-defense.html").read_text())
+    example = Path(__file__).parent.parent / "examples" / "cleanbench-example-defense"
+    points = tomllib.loads((example / "pyproject.toml").read_text())["project"]["entry-points"]["cleanbench.defenses"]
+    shown = page[page.index('[project.entry-points."cleanbench.defenses"]'):].splitlines()[1].removesuffix("</pre>")
+    assert shown == f'{next(iter(points))} = "{next(iter(points.values()))}"' and len(points) == 1
+    source = (example / "src" / "cleanbench_example_defense" / "__init__.py").read_text()
+    quoted = page[page.index("class NoisyFinetune(Defense):"):page.index("        ...  # perturb")].splitlines()
+    assert len(quoted) > 8 and all(line in source for line in quoted)  # the page quotes the example
+    assert "defenses: [none, cleanclip, noisy-finetune]" in page
+    assert "cleanbench sweep results/grid.yaml" in page and "cleanbench leaderboard results/sweeps/mine" in page
+    assert "adds 3 cells for one new defense" in page  # 2 seeds of badnet 1% and the clean control
+    assert 'href="add-defense.html"' in (tmp_path / "site" / "index.html").read_text()
