@@ -196,6 +196,7 @@ from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderbo
 from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
 from cleanbench.verify import verify_command; cli.add_command(verify_command)  # noqa: E402, E702
+from cleanbench.doctables import doc_tables_command; cli.add_command(doc_tables_command)  # noqa: E402, E702
 from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
 from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
 
