@@ -182,7 +182,12 @@ def leaderboard_rows(folder: str, options: dict[str, list[str]]) -> str:
     rows = []
     for _, row in table.iterrows():
         rank, tied = row.get("rank"), row.get("rank_tied")
-        rank = "" if pd.isna(rank) else f"{int(rank)}{'=' if not pd.isna(tied) and tied else ''}"
+        if row.get("role") in ("control", "reference"):
+            rank = row["role"]  # the clean control and the undefended reference are never ranked
+        elif row.get("implanted") is False:
+            rank = "did not implant"
+        else:
+            rank = "" if pd.isna(rank) else f"{int(rank)}{'=' if not pd.isna(tied) and tied else ''}"
         rows.append([str(row["attack"]), str(row["poison_rate"]), str(row["defense"]), str(row["n_seeds"]),
                      spread(row, "ca"), spread(row, "asr"), spread(row, "ra"), spread(row, "der", 1, 2), rank])
     return _markdown(["attack", "rate", "defense", "seeds", "CA %", "ASR %", "RA %", "DER", "rank"], rows)
