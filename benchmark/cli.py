@@ -52,7 +52,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--threat", default=None, type=click.Choice(["scratch", "finetune-pretrained"]), help="Train the poisoned model from random weights, or finetune --pretrained weights [default: scratch].")
 @click.option("--results-dir", default=None, help=f"Where run cards go [default: {DEFAULTS.results_dir}].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML config (or a run card to reproduce); options override it.")
-@click.option("--preset", default=None, help="Named settings under --config and the options, e.g. paper-cc3m-rn50-scratch, paper-openai-rn50-finetune (docs/real-data.md).")
+@click.option("--preset", default=None, help="Named settings under --config and the options: standard (docs/setting.md; the default without --config, --data or --model), paper-cc3m-rn50-scratch, paper-openai-rn50-finetune (docs/real-data.md).")
 @click.option("--data", default=None, type=click.Path(dir_okay=False), help="CSV of image-caption pairs (columns image,caption; paths relative to it): train on files (data.source csv).")
 @click.option("--eval-data", default=None, help="Zero-shot test set: a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT.")
 @click.option("--save-model", default=None, type=click.Path(file_okay=False), help="Folder to save the poisoned and defended models in, as open_clip folders (local-dir:).")
@@ -68,10 +68,11 @@ def run(**options) -> None:
     for path in options["plugin"]:
         load_plugin_file(path)
     values = _config_from_file(options["config_file"]) if options["config_file"] else {}
-    if options["preset"]:
+    preset = options["preset"] or _default_preset(options)
+    if preset:
         from cleanbench.presets import preset_values
 
-        values = merge(preset_values(options["preset"]), values)
+        values = merge(preset_values(preset), values)
     overrides: dict = {}
     for key in ("attack", "defense", "target", "seed", "device", "results_dir", "tuning"):
         if options[key] is not None:
@@ -115,6 +116,15 @@ def run(**options) -> None:
     click.echo(f"run card: {path}")
     for name, folder in saved.items():
         click.echo(f"{name} model: local-dir:{folder}")
+
+
+def _default_preset(options: dict) -> str | None:
+    """`standard` for a run on the embedded data with the default model and no config file; None
+    otherwise (a config file, file data or another model start from the plain option defaults)."""
+    from cleanbench.presets import DEFAULT_SETTING
+
+    own = ("config_file", "data", "eval_data", "model", "pretrained", "threat")
+    return None if any(options[key] for key in own) else DEFAULT_SETTING
 
 
 @cli.command("list")

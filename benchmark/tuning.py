@@ -103,11 +103,14 @@ def load_record(path: str | Path) -> dict[str, Any]:
 
 def apply_record(config: RunConfig) -> dict[str, Any] | None:
     """Set the config's defense option from its tuning record (`config.tuning`); returns what the run
-    card records about it, or None when the record has no entry for this defense or no record is given.
+    card records about it, or None when no record is given, the defense has no strength knob, or the
+    record has no entry for it.
 
     An explicit option with another value than the record's choice is refused: the two disagree."""
-    if not config.tuning:
-        return None
+    from cleanbench.registry import DEFENSES
+
+    if not config.tuning or DEFENSES.get(config.defense).strength is None:
+        return None  # a defense without a strength knob is never tuned
     values = load_record(config.tuning)
     entry = values["defenses"].get(config.defense)
     if entry is None:
