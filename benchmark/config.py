@@ -88,9 +88,17 @@ class ModelConfig:
     trust_checkpoint: bool = False
 
 
+DEFAULT_RESULTS_DIR = "results/local"
+"""Where a run writes its card unless told otherwise: untracked (.gitignore), apart from the published
+cards under results/ (docs/results.md)."""
+
+
 @dataclass
 class RunConfig:
-    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it."""
+    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it.
+
+    `threads` is torch's intra-op thread count on the CPU: float sums run in another order with
+    another count, so it changes the trained model and is part of the cache key."""
 
     attack: str = "badnet"
     attack_options: dict[str, Any] = field(default_factory=dict)
@@ -101,7 +109,8 @@ class RunConfig:
     target: str = "star"
     seed: int = 0
     device: str = "auto"
-    results_dir: str = "results"
+    threads: int = 1
+    results_dir: str = DEFAULT_RESULTS_DIR
     cache_dir: str | None = None
     use_cache: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -295,6 +304,8 @@ def validate(config: RunConfig) -> RunConfig:
         raise UsageError(f"poison count {config.poison_count} must be >= 0")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
         raise UsageError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N")
+    if config.threads < 1:
+        raise UsageError(f"threads {config.threads} must be >= 1; e.g. --threads 1 (the default)")
     if Path(config.results_dir).exists() and not Path(config.results_dir).is_dir():
         raise UsageError(f"results dir {config.results_dir!r} is a file; pass a folder to --results-dir")
     for name in ("n_pretrain", "n_clean", "n_test", "n_validation", "image_size"):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from cleanbench import distributed, runcard
+from cleanbench import distributed, environment, runcard
 from cleanbench.attacks.base import Attack
 from cleanbench.cache import DEFENDED_MODELS, EVALUATIONS, POISONED_MODELS, ArtifactCache, content_key
 from cleanbench.config import RunConfig, budget_label, build_options, validate
@@ -163,7 +163,7 @@ class Plan:
             "attack_options": asdict(self.attack_options),
             "poison_rate": c.poison_rate if c.attack != "none" else None,
             "poison_count": c.poison_count if c.attack != "none" else None,
-            "target": c.target, "seed": c.seed, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
+            "target": c.target, "seed": c.seed, "threads": c.threads, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
             "model": model, "model_digest": _digest(c.model.name.removeprefix("local-dir:")),
             "pretrained_digest": _digest(c.model.pretrained),
         })
@@ -171,7 +171,7 @@ class Plan:
     def _defense_inputs(self) -> dict[str, Any]:
         return {"poisoned": self.poisoned_model_key(), "defense": self.config.defense,
                 "defense_version": self.defense_cls.version, "defense_options": asdict(self.defense_options),
-                "clean_data": self._data("clean")}
+                "clean_data": self._data("clean"), "threads": self.config.threads}
 
     def defended_model_key(self) -> str:
         """Hash of exactly what determines the defended model (the poisoned model's key for `none`)."""
@@ -184,7 +184,7 @@ class Plan:
         """Hash of what determines an evaluation: the model (whose key fixes attack, target, seed and
         data settings) and the test set."""
         return content_key({"artifact": "evaluation", "cleanbench": runcard.versions()["cleanbench"],
-                            "model": model_key, "eval_data": self._data("eval")})
+                            "model": model_key, "eval_data": self._data("eval"), "threads": self.config.threads})
 
     def artifact_keys(self) -> dict[str, str]:
         """The keys of the cell's four artifacts, by name."""
@@ -225,7 +225,7 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
     c = plan.config
     key = plan.cell_key()
     path = plan.card_path()
-    with distributed.session(plan.device) as device:
+    with distributed.session(plan.device) as device, environment.torch_threads(c.threads):
         plan.device = device
         main = distributed.is_main()
         progress, log = (progress, log) if main else (False, _silent)
@@ -233,7 +233,7 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
             "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
             "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
             "config": c.to_dict(), "seed": c.seed, "cell_key": key, "setting": setting_record(c),
-            "versions": runcard.versions(), "git_commit": runcard.git_commit(),
+            "versions": runcard.versions(), "environment": environment.current(device), "git_commit": runcard.git_commit(),
             "device": {**runcard.device_info(device), "processes": distributed.world_size()},
             "attack": {"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
             "defense": {"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
@@ -260,8 +260,10 @@ def _silent(message: str) -> None:
 class _Artifacts:
     """The cell's cache (or none with `use_cache: false`), recording in the card what was reused."""
 
-    def __init__(self, plan: Plan, card: dict[str, Any]) -> None:
+    def __init__(self, plan: Plan, card: dict[str, Any], log: Log) -> None:
         self.cache = ArtifactCache(plan.config.cache_dir) if plan.config.use_cache else None
+        self.environment = card["environment"]
+        self.card, self.log = card, log
         self.keys = plan.artifact_keys()
         self.record = card["artifacts"] = {}
         for name, key in self.keys.items():
@@ -284,11 +286,17 @@ class _Artifacts:
         if not distributed.agree(meta is not None):
             return None
         self.record[f"{name}_reused"] = True
+        what = f"the cached {name.replace('_', ' ')} {self.keys[name][:12]}"
+        note = environment.mismatch_note(what, meta.get("environment"), self.environment)
+        if note:
+            self.log(note)
+            self.card.setdefault("environment_notes", []).append(note)
         return meta
 
     def save_model(self, kind: str, name: str, model: torch.nn.Module, meta: dict) -> None:
+        """Store the model with `meta` and the environment it was made in."""
         if self.cache is not None and distributed.is_main():
-            self.cache.save(kind, self.keys[name], model, meta)
+            self.cache.save(kind, self.keys[name], model, {**meta, "environment": self.environment})
 
     def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
         """A cached evaluation, or `compute()` stored under its key."""
@@ -335,7 +343,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     log(f"poison: {poison.count} of {len(data.pretrain)} pairs -> target {target_name!r} ({c.attack})")
 
     card["stage"] = "pretraining"
-    artifacts = _Artifacts(plan, card)
+    artifacts = _Artifacts(plan, card, log)
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
     with artifacts.computing(POISONED_MODELS, "poisoned_model"):

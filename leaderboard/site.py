@@ -19,13 +19,24 @@ import pandas as pd
 
 from cleanbench.errors import UsageError
 from cleanbench.leaderboard.cards import scan_cards
+from cleanbench.leaderboard.display import (
+    attack_ranking_view,
+    defense_ranking_view,
+    matrix_view,
+    missing,
+    number,
+    row_anchor,
+)
+from cleanbench.leaderboard.gallery import draw_gallery
+from cleanbench.leaderboard.papers import linked
 from cleanbench.leaderboard.plots import draw_all
-from cleanbench.leaderboard.table import METRICS, NOT_RUN, leaderboard_table, slug
+from cleanbench.leaderboard.setting import setting_facts
+from cleanbench.leaderboard.table import METRICS, NOT_RUN, Analysis, analyse, slug
+from cleanbench.leaderboard.views import attack_ranking, defense_ranking, matrices
 
 MARKER = ".cleanbench-site"
-GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses", "plots", "static")
-PERCENT = {"ca", "asr", "ra"}
-POINTS = {"d_ca", "d_asr"}
+GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses", "plots", "static",
+             "gallery")
 METHODS = {
     "bootstrap": "95% bootstrap interval over seeds and test images",
     "seeds": "no interval (not a proportion)",
@@ -59,15 +70,13 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("cleanbench.leaderboard", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters["pct"] = lambda v: "N/A" if _missing(v) else f"{100 * v:.1f}%"
+    env.filters["pct"] = lambda v: "N/A" if missing(v) else f"{100 * v:.1f}%"
     env.filters["pretty"] = lambda v: json.dumps(_plain(v), indent=2, ensure_ascii=False)
-    env.filters["secs"] = lambda v: "N/A" if _missing(v) else f"{v:.1f} s"
+    env.filters["secs"] = lambda v: "N/A" if missing(v) else f"{v:.1f} s"
     env.filters["slug"] = slug
+    env.filters["db"] = lambda v: "n/a" if missing(v) or math.isinf(v) else f"{v:.1f} dB"
+    env.filters["unit"] = lambda v: "n/a" if missing(v) else f"{v:.3f}"
     return env
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
 def _plain(value: Any) -> Any:
@@ -81,48 +90,35 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _number(prefix: str, value: float) -> str:
-    """A metric as shown: percent, signed points, DER to 3 places, seconds; never "-0.0"."""
-    if prefix in PERCENT:
-        text = f"{100 * value:.1f}"
-    elif prefix in POINTS:
-        text = f"{100 * value:+.1f}"
-    elif prefix == "der":
-        text = f"{value:.3f}"
-    else:
-        text = f"{value:.1f}"
-    return text[1:] if text.lstrip("+-").strip("0.") == "" and text[0] in "+-" else text
-
-
 def _metric_cell(row: pd.Series, prefix: str) -> dict[str, Any]:
     """Display of one metric: mean, std, interval, sort key, best mark, or N/A with its reason."""
     mean = row[f"{prefix}_mean"]
-    if _missing(mean):
+    if missing(mean):
         reason = row["status"] if row["status"] != "ok" else ("no undefended reference" if prefix in ("d_ca", "d_asr", "der")
                                                              else "not recorded")
         return {"na": True, "reason": reason, "title": row["note"] or reason, "sort": ""}
     std, low, high, method = (row[f"{prefix}_{p}"] for p in ("std", "low", "high", "method"))
-    interval = None if _missing(low) or _missing(high) else f"[{_number(prefix, low)}, {_number(prefix, high)}]"
+    interval = None if missing(low) or missing(high) else f"[{number(prefix, low)}, {number(prefix, high)}]"
     n = row["n_seeds"]
-    spread = "" if _missing(std) else f", sd across seeds {_number(prefix, std).lstrip('+')}"
+    spread = "" if missing(std) else f", sd across seeds {number(prefix, std).lstrip('+')}"
     title = f"mean of {n} seed{'s' if n != 1 else ''}{spread}; {METHODS[method]}"
-    return {"na": False, "text": _number(prefix, mean), "ci": interval, "sort": repr(float(mean)),
+    return {"na": False, "text": number(prefix, mean), "ci": interval, "sort": repr(float(mean)),
             "best": bool(row[f"{prefix}_best"]), "title": title}
 
 
 def _display_rows(table: pd.DataFrame, card_pages: dict[str, str], card_seeds: dict[str, tuple[int, str]]) -> list[dict]:
     rows = []
-    for index, row in table.iterrows():
+    for _, row in table.iterrows():
         rank = row["rank"]
         implanted = row["implanted"]
         rows.append({
-            "id": f"row-{index}",
+            "id": row_anchor(row["setting_key"], row["attack"], row["poison_rate"], row["defense"]),
             "setting": row["setting"], "attack": row["attack"], "rate": row["poison_rate"], "rate_value": row["rate"],
             "defense": row["defense"], "status": row["status"], "note": row["note"],
             "attack_page": f"attacks/{slug(row['attack'])}.html", "defense_page": f"defenses/{slug(row['defense'])}.html",
-            "rank": None if _missing(rank) else int(rank), "tied": bool(row["rank_tied"]), "tied_with": row["tied_with"],
-            "role": row["role"], "implanted": None if _missing(implanted) else bool(implanted),
-            "implant_p": None if _missing(row["implant_p"]) else float(row["implant_p"]),
+            "rank": None if missing(rank) else int(rank), "tied": bool(row["rank_tied"]), "tied_with": row["tied_with"],
+            "role": row["role"], "implanted": None if missing(implanted) else bool(implanted),
+            "implant_p": None if missing(row["implant_p"]) else float(row["implant_p"]),
             "metrics": {prefix: _metric_cell(row, prefix) for prefix, _, _ in METRICS},
             "seeds": [{"page": card_pages[path], "seed": card_seeds[path][0], "status": card_seeds[path][1]}
                       for path in row["cards"]],
@@ -168,7 +164,7 @@ def _plugin_info(cards: list[dict], role: str, label: str) -> dict[str, Any]:
     card = next(c for c in cards if c["_cell"][1 if role == "attack" else 3] == label)
     plugin = card[role]
     return {"name": label, "plugin": plugin["name"], "description": plugin.get("description"),
-            "reference": plugin.get("paper") if role == "attack" else plugin.get("source"),
+            "reference": linked(plugin.get("paper") if role == "attack" else plugin.get("source")),
             "stage": plugin.get("stage"), "options": plugin.get("options", {})}
 
 
@@ -179,18 +175,20 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     if not scan.cards:
         skipped = f"; {len(scan.rejected)} files skipped, e.g. {scan.rejected[0][0]}: {scan.rejected[0][1]}" if scan.rejected else ""
         raise UsageError(f"no valid run cards under {str(results_dir / 'runs')!r}{skipped}")
-    table = leaderboard_table(scan.cards)
+    analysis = analyse(scan.cards)
+    table = analysis.table
     _prepare(site_dir)
     _copy_static(site_dir)
     env = _environment()
     figures = draw_all(table, site_dir)
+    gallery = draw_gallery(scan.cards, site_dir)
 
     card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem, c['_path'])}.html" for c in scan.cards}
     card_seeds = {c["_path"]: (c["config"]["seed"], c["status"]) for c in scan.cards}
     rows = _display_rows(table, card_pages, card_seeds)
     settings = list(dict.fromkeys(table["setting"]))
     common = {"metrics": METRICS, "help": HELP, "methods": METHODS, "multi_setting": len(settings) > 1,
-              "settings": settings}
+              "settings": settings, "gallery": gallery}
     pages = 0
 
     def render(template: str, relative: str, **values: Any) -> None:
@@ -206,7 +204,7 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     render("index.html", "index.html", title="Leaderboard", rows=rows, figures=figures, attacks=attacks,
            defenses=defenses, rates=list(dict.fromkeys(r["rate"] for r in sorted(rows, key=lambda r: r["rate_value"]))),
            statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected, n_cards=len(scan.cards),
-           n_ok=sum(c["status"] == "ok" for c in scan.cards))
+           n_ok=sum(c["status"] == "ok" for c in scan.cards), views=_views(analysis, scan.cards))
     for attack in attacks:
         info = _plugin_info(scan.cards, "attack", attack)
         render("plugin.html", f"attacks/{slug(attack)}.html", title=f"Attack: {attack}", role="attack", info=info,
@@ -217,23 +215,49 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
         render("plugin.html", f"defenses/{slug(defense)}.html", title=f"Defense: {defense}", role="defense", info=info,
                rows=[r for r in rows if r["defense"] == defense],
                figures=[f for f in figures if f.defense == defense or f.kind == "heatmap"])
+    cells: dict[tuple, list[dict]] = {}
+    for card in scan.cards:
+        cells.setdefault(card["_cell"], []).append(card)
     for card in scan.cards:
         page = card_pages[card["_path"]]
         raw = page.removesuffix(".html") + ".json"
         (site_dir / raw).parent.mkdir(parents=True, exist_ok=True)
         (site_dir / raw).write_text(json.dumps(_plain(card), indent=2, ensure_ascii=False), encoding="utf-8")
-        attack, defense = card["_cell"][1], card["_cell"][3]
+        setting_key, attack, rate, defense = card["_cell"]
+        reproduce = card.get("reproduce") or f"cleanbench run --config {card['_path']}"
+        siblings = [{"page": card_pages[c["_path"]], "seed": c["config"]["seed"], "status": c["status"]}
+                    for c in sorted(cells[card["_cell"]], key=lambda c: c["config"]["seed"]) if c is not card]
         render("card.html", page, title=f"Run card {Path(card['_path']).name}", card=card, raw=Path(raw).name,
-               file=Path(card["_path"]).name, reproduce=f"cleanbench run --config {card['_path']}",
+               file=Path(card["_path"]).name, reproduce=reproduce,
+               produced=card.get("command") if card.get("command") != reproduce else None,
                attack_page=f"attacks/{slug(attack)}.html", defense_page=f"defenses/{slug(defense)}.html",
-               attack=attack, defense=defense, rate=card["_cell"][2], setting=_setting_label(table, card),
-               poison=_poison_summary(card))
+               attack=attack, defense=defense, rate=rate, setting=_setting_label(table, card),
+               poison=_poison_summary(card), row_anchor=row_anchor(setting_key, attack, rate, defense), siblings=siblings)
 
     exported = export_table(table)
     exported.to_csv(site_dir / "leaderboard.csv", index=False)
     (site_dir / "leaderboard.json").write_text(
         json.dumps(_plain(exported.to_dict(orient="records")), indent=1, ensure_ascii=False), encoding="utf-8")
     return BuildReport(site_dir, len(scan.cards), len(table), len(figures), pages, scan.rejected)
+
+
+def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
+    """Per setting: its matrices (one per poison rate) and its defense and attack rankings."""
+    table = analysis.table
+    settings = list(dict.fromkeys(table["setting"]))
+    all_matrices = matrices(table)
+    out = []
+    for setting in settings:
+        defenses, n_groups = defense_ranking(analysis, setting)
+        attacks, top_rate = attack_ranking(analysis, setting, cards)
+        rates = list(table[(table["setting"] == setting) & (table["attack"] != "none")]
+                     .drop_duplicates("poison_rate").sort_values("rate")["poison_rate"])
+        key = table.loc[table["setting"] == setting, "setting_key"].iloc[0]
+        out.append({"setting": setting, "facts": setting_facts([c for c in cards if c["_cell"][0] == key]),
+                    "n_groups": n_groups, "top_rate": top_rate, "rates": rates,
+                    "matrices": [matrix_view(m, len(settings) > 1) for m in all_matrices if m.setting == setting],
+                    "defenses": defense_ranking_view(defenses), "attacks": attack_ranking_view(attacks, rates)})
+    return out
 
 
 def _poison_summary(card: dict) -> dict | None:

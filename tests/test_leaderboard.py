@@ -425,3 +425,168 @@ def test_cards_with_the_same_file_name_in_subfolders_get_their_own_pages(tmp_pat
         (tmp_path / "results" / "runs" / sub / "card.json").write_text(json.dumps(synthetic_card(seed=seed)))
     report = build_site(tmp_path / "results", tmp_path / "site")
     assert report.cards == 2 and len(list((tmp_path / "site" / "cards").glob("*.html"))) == 2
+
+
+# --- the index's views: matrix and rankings ------------------------------------------------------
+
+
+def _sweep_like() -> list[dict]:
+    """badnet implants at 1% and 2% (strongly at 2%), blended only weakly, at the clean base rate at 1%."""
+    cards = []
+    for seed in range(3):
+        cards.append(synthetic_card(attack="none", defense="none", seed=seed, ca_after=(900, 1000), asr_after=(10, 1000)))
+        for attack, rate, asr, after in (("badnet", 0.01, 400, {"cleanclip": 50, "finetune": 200}),
+                                         ("badnet", 0.02, 950, {"cleanclip": 100, "finetune": 600}),
+                                         ("blended", 0.01, 12, {"cleanclip": 10, "finetune": 11}),
+                                         ("blended", 0.02, 300, {"cleanclip": 150, "finetune": 20})):
+            cards.append(synthetic_card(attack=attack, rate=rate, defense="none", seed=seed, ca=(900, 1000),
+                                        asr=(asr, 1000), ca_after=(900, 1000), asr_after=(asr, 1000)))
+            for defense, left in after.items():
+                cards.append(synthetic_card(attack=attack, rate=rate, defense=defense, seed=seed, ca=(900, 1000),
+                                            asr=(asr, 1000), ca_after=(880, 1000), asr_after=(left, 1000)))
+    for card in cards:
+        card["metrics"]["defended"]["stealthiness"] = {"psnr_db": 25.0, "linf": 0.5, "l2": 2.0}
+    return cards
+
+
+def test_matrices_one_per_rate_with_the_clean_control_and_reference_first():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import matrices
+
+    found = matrices(analyse(_sweep_like()).table)
+    assert [m.rate for m in found] == ["1%", "2%"]
+    assert found[0].defenses == ["none", "cleanclip", "finetune"]
+    assert [row[0] for row in found[0].rows] == ["none", "badnet", "blended"]
+    assert [row[1] for row in found[0].rows] == [None, True, False]  # blended 1% did not implant
+    badnet_2 = found[1].rows[1][2]
+    assert [bool(cell["der_best"]) for cell in badnet_2] == [False, True, False]
+
+
+def test_defense_ranking_averages_der_over_the_implanted_groups_only():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import defense_ranking
+
+    analysis = analyse(_sweep_like())
+    entries, groups = defense_ranking(analysis, analysis.table["setting"].iloc[0])
+    assert groups == 3  # badnet 1%, badnet 2%, blended 2%; blended 1% did not implant
+    clean, fine = entries
+    # DER per group, CA 90% -> 88% everywhere: (ASR drop - 0.02 + 1) / 2
+    expected = {"cleanclip": [(0.35 - 0.02 + 1) / 2, (0.85 - 0.02 + 1) / 2, (0.15 - 0.02 + 1) / 2],
+                "finetune": [(0.20 - 0.02 + 1) / 2, (0.35 - 0.02 + 1) / 2, (0.28 - 0.02 + 1) / 2]}
+    assert clean.name == "cleanclip" and clean.value == pytest.approx(sum(expected["cleanclip"]) / 3)
+    assert fine.value == pytest.approx(sum(expected["finetune"]) / 3)
+    assert clean.rank == 1 and clean.best and fine.rank == 2 and clean.low < clean.value < clean.high
+    assert clean.extra["groups"] == "3 of 3" and clean.extra["d_ca"][0] == pytest.approx(-0.02)
+
+
+def test_attack_ranking_uses_the_worst_case_over_defenses_and_the_rate_curve():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import attack_ranking
+
+    cards = _sweep_like()
+    analysis = analyse(cards)
+    entries, rate = attack_ranking(analysis, analysis.table["setting"].iloc[0], cards)
+    assert rate == "2%"
+    badnet, blended = entries
+    # badnet at 2%: cleanclip leaves 10%, finetune 60%: the worst case for the attack is 10%
+    assert (badnet.name, badnet.value, badnet.extra["by"]) == ("badnet", pytest.approx(0.10), "cleanclip")
+    assert blended.value == pytest.approx(0.02) and badnet.rank == 1 and badnet.best and blended.rank == 2
+    # undefended ASR: badnet 40% at 1%, 95% at 2%: 50% is reached at exp(log 1 + (0.1/0.55) log 2) = 1.13%
+    assert badnet.extra["reach"] == {0.5: "≈ 1.1%", 0.9: "≈ 1.9%"}
+    assert blended.extra["reach"] == {0.5: "> 2%", 0.9: "> 2%"}
+    assert badnet.extra["psnr_db"] == 25.0 and badnet.extra["linf"] == 0.5
+
+
+def test_the_index_shows_the_matrix_and_rankings_before_the_big_table(tmp_path):
+    _build(tmp_path, _sweep_like())
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert index.index('class="matrix-table"') < index.index('id="defense-ranking"') < index.index('id="leaderboard"')
+    assert index.count('class="matrix-table"') == 2 and 'id="attack-ranking"' in index
+
+
+def test_rows_have_stable_anchors_and_card_pages_link_back_once(tmp_path):
+    import re
+
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1, 2)]
+    for card in cards:
+        card["reproduce"] = f"cleanbench run --config runs/{card['config']['defense']}-{card['seed']}.json"
+    _build(tmp_path / "a", cards)
+    _build(tmp_path / "b", cards + [synthetic_card(attack="blended", defense="none")])
+    ids = [re.findall(r'<tr id="(row-[^"]+)"', (tmp_path / x / "site" / "index.html").read_text()) for x in ("a", "b")]
+    assert len(set(ids[0])) == 2 and set(ids[0]) <= set(ids[1])  # made from the fields, not positions
+    page = next(p for p in (tmp_path / "a" / "site" / "cards").glob("*.html") if "cleanclip-0.json" in p.read_text())
+    text = page.read_text()
+    anchor = next(i for i in ids[0] if "cleanclip" in i)
+    assert f'href="../index.html#{anchor}"' in text
+    assert text.count("cleanbench run --config runs/cleanclip-0.json") == 1  # each command printed once
+    assert ">seed 1</a>" in text and ">seed 2</a>" in text and ">seed 0</a>" not in text
+
+
+def test_the_gallery_draws_each_attack_from_its_runs_seed_and_options(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cleanbench.attacks import attack_from_card, trigger_preview
+    from cleanbench.attacks.badnet import BadNet
+
+    cards = [synthetic_card(seed=s, attack_options={"patch_size": 56}) for s in (2, 1)]
+    cards.append(synthetic_card(attack="not-installed", seed=0))
+    _build(tmp_path, cards)
+    site = tmp_path / "site"
+    config = RunConfig(attack="badnet", seed=1).to_dict()["data"]
+    attack = attack_from_card(BadNet, {"patch_size": 56}, 32, 1)  # the lowest seed of the row
+    clean, triggered = trigger_preview(attack, config, "star")
+    pictures = {kind: np.asarray(Image.open(next(site.glob(f"gallery/badnet-*-{kind}.png")))) for kind in ("clean", "triggered")}
+    for kind, tensor in (("clean", clean[0]), ("triggered", triggered[0])):
+        picture = pictures[kind]
+        assert picture.shape == (128, 128, 3)  # 32 px enlarged 4 times
+        assert (picture[::4, ::4] == tensor.permute(1, 2, 0).numpy()).all()  # nearest neighbour: 4 x 4 blocks
+        assert (picture == np.kron(picture[::4, ::4], np.ones((4, 4, 1), dtype=np.uint8))).all()
+    changed = (triggered[0] != clean[0]).any(dim=0)
+    assert 0 < int(changed.sum()) < 32 * 32 and bool(changed[-2, -2])  # an 8 px patch near the corner
+    assert not torch.equal(clean, triggered)
+    index = (site / "index.html").read_text()
+    assert index.count('<figure class="trigger">') == 2 and "no preview: UsageError" in index
+    page = next(p for p in (site / "attacks").glob("badnet-*.html")).read_text()
+    assert 'class="trigger large"' in page and "seed 1" in page and "PSNR" in page
+
+
+def test_the_setting_box_says_what_the_numbers_were_measured_on(tmp_path):
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1)]
+    cards[0]["git_commit"], cards[1]["git_commit"] = "abc123+dirty", "def456"
+    cards[2]["defense"]["training"] = [{"stage": "defense:cleanclip", "steps": 150}]
+    cards[2]["defense"]["options"] = {"epochs": 10, "lr": 0.002}
+    _build(tmp_path, cards)
+    index = (tmp_path / "site" / "index.html").read_text()
+    box = index[index.index('class="setting-box"'):index.index("</section>", index.index('class="setting-box"'))]
+    assert index.index('class="setting-box"') < index.index('class="matrix-table"')
+    for fact in ("10,000 pretraining pairs", "2,000 clean pairs for the defender", "2,000 test images", "32 px",
+                 "cleanbench_tinycnn image tower", "128-d joint embedding", "trained from scratch",
+                 "<strong>cleanclip</strong> 10 epochs (150 steps), lr 0.002", "None recorded in the cards",
+                 "cpu", "4 cards from 2 commits, 1 of them with uncommitted changes", "not comparable to numbers reported on CC3M"):
+        assert fact in box, fact
+    attack_page = next((tmp_path / "site" / "attacks").glob("badnet-*.html")).read_text()
+    assert "A. Author, 2020" in attack_page  # a reference naming no known paper stays text
+    assert 'src="http' not in index and "<link" not in index.replace('<link rel="stylesheet" href="static/', "").replace('<link rel="icon"', "")
+
+
+def test_paper_fields_link_the_papers_they_name():
+    from cleanbench.leaderboard.papers import linked
+
+    parts = linked("Gu et al., BadNets, 2017; CleanCLIP reference (Bansal et al., ICCV 2023)")
+    assert parts == [("Gu et al., BadNets, 2017", "https://arxiv.org/abs/1708.06733"),
+                     ("CleanCLIP reference (Bansal et al., ICCV 2023)", "https://arxiv.org/abs/2303.03323")]
+    assert linked("A. Author, 2020") == [("A. Author, 2020", None)] and linked(None) == []
+
+
+def test_the_description_of_the_embedded_data_matches_the_data():
+    from cleanbench.data.embedded import CAPTION_TEMPLATES
+    from cleanbench.data.shapes import BACKGROUNDS, COLOURS, COLUMNS, ROWS, SHAPES, SIZE_WORDS
+    from cleanbench.leaderboard.setting import DATA
+
+    text = DATA["embedded-shapes"]
+    assert f"one of {len(SHAPES)} shapes (the class: {', '.join(SHAPES)})" in text
+    assert f"one of {len(COLOURS)} colours and {len(SIZE_WORDS)} sizes, at one of {len(ROWS) * len(COLUMNS)} positions" in text
+    assert f"{', '.join(BACKGROUNDS[:-1])} or {BACKGROUNDS[-1]} background" in text
+    assert f"{len(CAPTION_TEMPLATES)} templates" in text
