@@ -65,3 +65,11 @@ def test_a_defense_without_a_strength_knob_never_reads_the_record(tmp_path):
     from cleanbench.tuning import apply_record
 
     assert apply_record(RunConfig(defense="none", tuning=str(tmp_path / "missing.json"))) is None
+
+
+def test_the_leaderboard_labels_a_setting_by_its_name():
+    from cleanbench.leaderboard.table import setting_of
+
+    config = standard().to_dict()
+    assert setting_of(config)[1].startswith("standard · cleanbench-tiny")
+    assert setting_of({**config, "setting": None})[1].startswith("cleanbench-tiny")
