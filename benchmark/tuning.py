@@ -51,7 +51,10 @@ def validation_drop(card: dict) -> float:
     if not validation:
         raise UsageError("the tuning protocol needs a validation split: only embedded data has one "
                          "(data.n_validation); file data cannot be tuned yet")
-    return 100 * (validation["poisoned"]["ca_top1"]["value"] - validation["defended"]["ca_top1"]["value"])
+    before, after = validation["poisoned"]["ca_top1"], validation["defended"]["ca_top1"]
+    if "successes" in before and before.get("total") == after.get("total"):  # exact: 20 of 1,000 is 2.0 points
+        return 100 * (before["successes"] - after["successes"]) / before["total"]
+    return 100 * (before["value"] - after["value"])
 
 
 def defense_record(knob: str, grid: list[float], cards: list[list[dict]], budget_points: float) -> dict[str, Any]:
