@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,8 +36,8 @@ from cleanbench.leaderboard.table import METRICS, NOT_RUN, Analysis, analyse, sl
 from cleanbench.leaderboard.views import attack_ranking, defense_ranking, matrices
 
 MARKER = ".cleanbench-site"
-GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses", "plots", "static",
-             "gallery")
+GENERATED = ("index.html", "add-defense.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses",
+             "plots", "static", "gallery")
 METHODS = {
     "bootstrap": "95% bootstrap interval over seeds and test images",
     "seeds": "no interval (not a proportion)",
@@ -205,6 +206,7 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
            defenses=defenses, rates=list(dict.fromkeys(r["rate"] for r in sorted(rows, key=lambda r: r["rate_value"]))),
            statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected, n_cards=len(scan.cards),
            n_ok=sum(c["status"] == "ok" for c in scan.cards), views=_views(analysis, scan.cards))
+    render("add-defense.html", "add-defense.html", title="Add your defense", sweep=_sweep_facts(scan.cards, defenses, site_dir))
     for attack in attacks:
         info = _plugin_info(scan.cards, "attack", attack)
         render("plugin.html", f"attacks/{slug(attack)}.html", title=f"Attack: {attack}", role="attack", info=info,
@@ -239,6 +241,19 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     (site_dir / "leaderboard.json").write_text(
         json.dumps(_plain(exported.to_dict(orient="records")), indent=1, ensure_ascii=False), encoding="utf-8")
     return BuildReport(site_dir, len(scan.cards), len(table), len(figures), pages, scan.rejected)
+
+
+def _sweep_facts(cards: list[dict], defenses: list[str], site_dir: Path) -> dict[str, Any]:
+    """Where the cards came from, for the "add your defense" page: the grid file named by the cards'
+    `cleanbench sweep` commands, their results folder, and how many cells one more defense adds."""
+    grids = Counter(c.get("command", "").split()[2] for c in cards
+                    if isinstance(c.get("command"), str) and c["command"].startswith("cleanbench sweep ") and len(c["command"].split()) > 2)
+    folders = Counter(str(c["config"].get("results_dir")) for c in cards if c["config"].get("results_dir"))
+    reference = [c for c in cards if c["config"]["defense"] == "none"]
+    return {"grid": grids.most_common(1)[0][0] if grids else None,
+            "results_dir": folders.most_common(1)[0][0] if folders else None,
+            "site": site_dir.as_posix() if not site_dir.is_absolute() else "SITE_DIR",
+            "defenses": [d for d in defenses if "(" not in d], "new_cells": len(reference)}
 
 
 def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:

@@ -590,3 +590,27 @@ def test_the_description_of_the_embedded_data_matches_the_data():
     assert f"one of {len(COLOURS)} colours and {len(SIZE_WORDS)} sizes, at one of {len(ROWS) * len(COLUMNS)} positions" in text
     assert f"{', '.join(BACKGROUNDS[:-1])} or {BACKGROUNDS[-1]} background" in text
     assert f"{len(CAPTION_TEMPLATES)} templates" in text
+
+
+def test_the_add_your_defense_page_matches_the_example_package_and_the_sweep(tmp_path):
+    import html
+    import tomllib
+
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1)]
+    cards.append(synthetic_card(attack="none", defense="none"))
+    for card in cards:
+        card["command"] = "cleanbench sweep results/grid.yaml --quiet"
+        card["config"]["results_dir"] = "results/sweeps/mine"
+    _build(tmp_path, cards)
+    page = html.unescape((tmp_path / "site" / "add-defense.html").read_text())
+    example = Path(__file__).parent.parent / "examples" / "cleanbench-example-defense"
+    points = tomllib.loads((example / "pyproject.toml").read_text())["project"]["entry-points"]["cleanbench.defenses"]
+    shown = page[page.index('[project.entry-points."cleanbench.defenses"]'):].splitlines()[1].removesuffix("</pre>")
+    assert shown == f'{next(iter(points))} = "{next(iter(points.values()))}"' and len(points) == 1
+    source = (example / "src" / "cleanbench_example_defense" / "__init__.py").read_text()
+    quoted = page[page.index("class NoisyFinetune(Defense):"):page.index("        ...  # perturb")].splitlines()
+    assert len(quoted) > 8 and all(line in source for line in quoted)  # the page quotes the example
+    assert "defenses: [none, cleanclip, noisy-finetune]" in page
+    assert "cleanbench sweep results/grid.yaml" in page and "cleanbench leaderboard results/sweeps/mine" in page
+    assert "adds 3 cells for one new defense" in page  # 2 seeds of badnet 1% and the clean control
+    assert 'href="add-defense.html"' in (tmp_path / "site" / "index.html").read_text()
