@@ -186,7 +186,7 @@ def _entry_line(entry, reference_attr: str) -> str:
 @click.argument("results_dir", default=DEFAULTS.results_dir, type=click.Path(file_okay=False))
 def results(results_dir: str) -> None:
     """Print a table of the run cards in RESULTS_DIR (a folder with a runs/ folder, e.g. a published
-    sweep such as results/sweeps/default, or a runs/ folder itself)."""
+    sweep such as results/sweeps/standard, or a runs/ folder itself)."""
     from cleanbench.leaderboard.cards import cards_table, load_cards
 
     folder = Path(results_dir)
@@ -196,7 +196,7 @@ def results(results_dir: str) -> None:
         cards = load_cards(folder)
     if not cards:
         raise UsageError(f"no run cards under {results_dir!r}; run `cleanbench run` first, or name a results "
-                         "folder, e.g. `cleanbench results results/sweeps/default`")
+                         "folder, e.g. `cleanbench results results/sweeps/standard`")
     click.echo(cards_table(cards).to_string(index=False))
 
 
