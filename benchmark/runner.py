@@ -110,14 +110,13 @@ class Plan:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = validate(config)
+        if config.attack != "none":
+            poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)
         self.defense_cls: type[Defense] = DEFENSES.get(config.defense)
-        self.tuning = apply_record(config)
         self.attack_options = build_options(self.attack_cls.Options, config.attack_options, f"attack {config.attack!r} options")
         defaults = config.defense_defaults.get(config.defense, {})
-        self.defense_options = build_options(
-            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
-        )
+        build_options(self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options")
         self.device = resolve_device(config.device)
         self._data_parts: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, str] = {}  # computed once: a grid's expansion asks for each key several times
@@ -128,8 +127,10 @@ class Plan:
             except ValueError as error:
                 raise UsageError(f"target {config.target!r}: {error}; use --target NAME") from error
             config.target = SHAPES[target_index]
-        if config.attack != "none":
-            poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
+        self.tuning = apply_record(config)  # after the checks of the user's own options
+        self.defense_options = build_options(
+            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
+        )
 
     @property
     def budget_label(self) -> str:
