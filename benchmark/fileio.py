@@ -63,6 +63,7 @@ class RefusedFile(Exception):
 
 
 def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
