@@ -63,41 +63,28 @@ class _Setup:
     bundle: Any
     attack: Any
     target_index: int
-    poisoned_pairs: Any
-    poison_indices: list[int]
+    poisoned: Any
 
 
 def _tiny_setup(seed: int, device: Any) -> _Setup:
-    import torch
-
-    from cleanbench.data.base import class_index
-    from cleanbench.data.embedded import load_embedded
-    from cleanbench.losses import clip_loss
+    """The run's own stages on the tiny configuration: data, badnet poison, one epoch of pretraining."""
+    from cleanbench import stages
+    from cleanbench.config import DataConfig
     from cleanbench.models import build_model
-    from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
     from cleanbench.registry import ATTACKS
     from cleanbench.seeding import derive_seed, seed_everything
-    from cleanbench.trainer import InMemoryBatches, TrainConfig, train
+    from cleanbench.trainer import TrainConfig
 
-    data = load_embedded(seed, **TINY_DATA)
-    target_index = class_index(data.test.classnames, "star")
+    cell = stages.load(DataConfig(**TINY_DATA), seed, "star")
     attack_cls = ATTACKS.get("badnet")
     attack = attack_cls(attack_cls.Options(), TINY_DATA["image_size"], seed)
-    budget = poison_budget(len(data.pretrain), TINY_POISON_RATE)
-    poison = plan_poison(data.pretrain, attack, target_index, "star", budget, data.test.templates, seed)
-    pairs = apply_poison(data.pretrain, poison, attack, seed)
+    poisoned = stages.poison(stages.PoisonInput(cell.data.pretrain, attack, cell.target_index, cell.target_name,
+                                                cell.data.test.templates, seed, TINY_POISON_RATE))
     seed_everything(derive_seed(seed, "init"))
     bundle = build_model(device=str(device))
-
-    def objective(model: torch.nn.Module, batch: dict) -> dict:
-        images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
-        texts = model.encode_text(batch["tokens"], normalize=True)
-        return {"loss": clip_loss(images, texts, model.logit_scale.exp())}
-
-    batches = InMemoryBatches({"images": pairs.images.to(device), "tokens": bundle.tokenizer(pairs.captions).to(device)}, 64)
-    train(bundle.model, batches, objective, TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
-          seed=derive_seed(seed, "pretrain"), stage="pretrain", device=device, progress=False)
-    return _Setup(data, bundle, attack, target_index, pairs, list(poison.indices))
+    stages.pretrain(stages.PretrainInput(bundle, poisoned.pairs, TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
+                                         seed, device))
+    return _Setup(cell.data, bundle, attack, cell.target_index, poisoned)
 
 
 def _scramble_global_generators(value: int) -> None:
@@ -139,8 +126,7 @@ def _load(name: str, overrides: dict[str, Any]) -> tuple[type, Any, str]:
 
 
 def _apply_once(cls: type, options: Any, setup: _Setup, seed: int, device: Any, scramble: int):
-    from cleanbench.defenses.base import DefenseContext, restricted_data
-    from cleanbench.seeding import derive_seed
+    from cleanbench import stages
 
     recorded: list[str] = []
 
@@ -151,18 +137,16 @@ def _apply_once(cls: type, options: Any, setup: _Setup, seed: int, device: Any, 
 
         return read
 
-    providers = restricted_data(setup.poisoned_pairs, setup.poison_indices, setup.data.test, setup.attack,
-                                setup.target_index, seed)
-    context = DefenseContext(
-        setup.data.clean, device, derive_seed(seed, "defense"), progress=False, needs=frozenset(cls.needs),
-        defense_name=cls.name, restricted={k: recording(k, v) for k, v in providers.items()},
-    )
+    providers = stages.guarded_data(setup.poisoned, setup.data.test, setup.attack, seed)
     bundle = dataclasses.replace(setup.bundle, model=copy.deepcopy(setup.bundle.model))
+    inputs = stages.DefendInput(cls(options), bundle, setup.data.clean, seed, device, cls.name,
+                                {k: recording(k, v) for k, v in providers.items()})
+    context = stages.defense_context(inputs)
     _scramble_global_generators(scramble)
     start = time.perf_counter()
     error: Exception | None = None
     try:
-        model = cls(options).apply(copy.copy(bundle), context)
+        model = stages.defend(inputs, context).model
     except Exception as raised:  # reported below, after the reads are known
         model, error = None, raised
     seconds = time.perf_counter() - start
@@ -175,7 +159,7 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
     """Run the conformance checks on defense `name`; raises `ConformanceFailure` at the first failure."""
     import torch
 
-    from cleanbench.evaluation import evaluate
+    from cleanbench import stages
 
     device = torch.device("cpu")
     report = Report(name)
@@ -216,7 +200,8 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
 
     bundle.model = model
     try:
-        metrics = evaluate(bundle, setup.data.test, setup.attack, setup.target_index, seed, device)
+        metrics = stages.evaluate(stages.EvaluateInput(bundle, setup.data.test, setup.attack, setup.target_index,
+                                                       seed, device))
         with torch.no_grad():
             images = model.encode_image(bundle.model_input(setup.data.test.images[:16]), normalize=True)
             texts = model.encode_text(bundle.tokenizer(setup.data.clean.captions[:16]), normalize=True)

@@ -8,9 +8,16 @@ With s the exponentiated, clamped logit scale and L2-normalised embeddings:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 from open_clip.loss import ClipLoss
+from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from cleanbench.models import ModelBundle
 
 _CLIP_LOSS = ClipLoss()
 
@@ -18,6 +25,19 @@ _CLIP_LOSS = ClipLoss()
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between matching image and text embeddings."""
     return _CLIP_LOSS(image_features, text_features, logit_scale)
+
+
+def clip_objective(bundle: ModelBundle) -> Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """The CLIP training objective for the trainer: L_CLIP between a batch's `images` (uint8, made the
+    model's input by `bundle.model_input`) and its tokenised `tokens`. Pretraining uses it, and so can
+    a finetuning defense: `context.finetune(model, batches, clip_objective(bundle), ...)`."""
+
+    def objective(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
+        texts = model.encode_text(batch["tokens"], normalize=True)
+        return {"loss": clip_loss(images, texts, model.logit_scale.exp())}
+
+    return objective
 
 
 def inmodal_loss(originals: torch.Tensor, views: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

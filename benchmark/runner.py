@@ -10,36 +10,31 @@ training is data-parallel, and rank 0 alone writes files.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cleanbench import distributed, runcard
+from cleanbench import distributed, runcard, stages
 from cleanbench.attacks.base import Attack
-from cleanbench.cache import DEFENDED_MODELS, EVALUATIONS, POISONED_MODELS, ArtifactCache, content_key
+from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, ArtifactCache, content_key
+from cleanbench.cached import CellCache
 from cleanbench.config import RunConfig, budget_label, build_options, validate
-from cleanbench.data.base import PairSet, class_index
-from cleanbench.data.loading import load_data
+from cleanbench.data.base import class_index
 from cleanbench.data.shapes import SHAPES
-from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
+from cleanbench.defenses.base import Defense
 from cleanbench.errors import CleanbenchError, RunError, UsageError
-from cleanbench.evaluation import evaluate
-from cleanbench.losses import clip_loss
 from cleanbench.models import ModelBundle, build_model, check_model
-from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
+from cleanbench.poisoning import poison_budget
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.seeding import derive_seed, seed_everything
-from cleanbench.trainer import Batch, InMemoryBatches, train
 
 Log = Callable[[str], None]
 
@@ -194,24 +189,7 @@ class Plan:
         return runcard.card_path(c.results_dir, c.attack, c.defense, self.budget_label, c.seed, self.cell_key())
 
 
-def pretrain_objective(bundle: ModelBundle) -> Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]:
-    """The pretraining objective: the CLIP loss between the batch's images and tokenised captions."""
-
-    def objective(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
-        texts = model.encode_text(batch["tokens"], normalize=True)
-        return {"loss": clip_loss(images, texts, model.logit_scale.exp())}
-
-    return objective
-
-
-def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> InMemoryBatches:
-    """The pretraining batches: the (poisoned) pairs' images and tokenised captions on `device`."""
-    tokens = bundle.tokenizer(pairs.captions)
-    return InMemoryBatches({"images": pairs.images.to(device), "tokens": tokens.to(device)}, batch_size)
-
-
-def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, command: str | None = None) -> tuple[dict, Path]:
+def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, command: str | None = None) -> tuple[runcard.RunCard, Path]:
     """Run one cell and write its run card; returns the card and its path."""
     plan = Plan(config)
     c = plan.config
@@ -221,24 +199,23 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
         plan.device = device
         main = distributed.is_main()
         progress, log = (progress, log) if main else (False, _silent)
-        card: dict[str, Any] = {
-            "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
-            "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
-            "config": c.to_dict(), "seed": c.seed, "cell_key": key,
-            "versions": runcard.versions(), "git_commit": runcard.git_commit(),
-            "device": {**runcard.device_info(device), "processes": distributed.world_size()},
-            "attack": {"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
-            "defense": {"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
-                        "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe()},
-            "costs": {},
-        }
+        card = runcard.RunCard(
+            status="running", created=runcard.now(),
+            command=command, reproduce=f"cleanbench run --config {path.as_posix()}",
+            config=c.to_dict(), seed=c.seed, cell_key=key,
+            versions=runcard.versions(), git_commit=runcard.git_commit(),
+            device={**runcard.device_info(device), "processes": distributed.world_size()},
+            attack={"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
+            defense={"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
+                     "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe()},
+        )
         try:
             _execute(plan, card, path, progress, log)
         except CleanbenchError as error:
             _fail(card, path, error)
             raise
         except Exception as error:
-            failure = RunError(f"{card.get('stage', 'run')} raised {type(error).__name__}: {error}")
+            failure = RunError(f"{card.stage or 'run'} raised {type(error).__name__}: {error}")
             _fail(card, path, failure)
             raise failure from error
     return card, path
@@ -248,165 +225,96 @@ def _silent(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-class _Artifacts:
-    """The cell's cache (or none with `use_cache: false`), recording in the card what was reused."""
+def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log: Log) -> None:
+    """The stages of one cell, each recorded in `card` as it finishes; writes the card when done."""
+    c, costs, wall_start = plan.config, card.costs, time.perf_counter()
+    card.stage = "data"
+    cell = stages.load(c.data, c.seed, c.target)
+    card.data = cell.data.info  # file-backed data keeps counting reads and skips in it until the card is written
+    costs["data_seconds"] = cell.seconds
+    log(f"data: {len(cell.data.pretrain)} pretraining pairs, {len(cell.data.clean)} clean pairs, "
+        f"{len(cell.data.test)} test images ({cell.seconds:.1f} s)")
 
-    def __init__(self, plan: Plan, card: dict[str, Any]) -> None:
-        self.cache = ArtifactCache(plan.config.cache_dir) if plan.config.use_cache else None
-        self.keys = plan.artifact_keys()
-        self.record = card["artifacts"] = {}
-        for name, key in self.keys.items():
-            self.record[name] = key
-            self.record[f"{name}_reused"] = False
-
-    @contextlib.contextmanager
-    def computing(self, kind: str, name: str) -> Iterator[None]:
-        """Hold the artifact's lock (rank 0 only: the other ranks follow its decisions)."""
-        if self.cache is None or not distributed.is_main():
-            yield
-            return
-        with self.cache.lock(kind, self.keys[name]):
-            yield
-
-    def load_model(self, kind: str, name: str, model: torch.nn.Module) -> dict | None:
-        """The stored metadata after loading the weights into `model`, or None when it must be computed."""
-        found = self.cache is not None and distributed.agree(self.cache.has(kind, self.keys[name]))
-        meta = self.cache.load(kind, self.keys[name], model) if found else None
-        if not distributed.agree(meta is not None):
-            return None
-        self.record[f"{name}_reused"] = True
-        return meta
-
-    def save_model(self, kind: str, name: str, model: torch.nn.Module, meta: dict) -> None:
-        if self.cache is not None and distributed.is_main():
-            self.cache.save(kind, self.keys[name], model, meta)
-
-    def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
-        """A cached evaluation, or `compute()` stored under its key."""
-        stored = self.cache.load_json(EVALUATIONS, self.keys[name]) if self.cache is not None else None
-        if distributed.agree(stored is not None):
-            self.record[f"{name}_reused"] = True
-            return stored if stored is not None else compute()
-        value = compute()
-        if self.cache is not None and distributed.is_main():
-            self.cache.save_json(EVALUATIONS, self.keys[name], value)
-        return value
-
-
-def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: Log) -> None:
-    """The stages of one cell; fills `card` as it goes and writes it when done."""
-    c = plan.config
-    costs = card["costs"]
-    wall_start = time.perf_counter()
-
-    card["stage"] = "data"
-    start = time.perf_counter()
-    data = load_data(c.data, c.seed)
-    card["data"] = data.info  # file-backed data keeps counting reads and skips in it until the card is written
-    target_index = class_index(data.test.classnames, c.target)
-    target_name = data.test.classnames[target_index]
-    costs["data_seconds"] = time.perf_counter() - start
-    log(f"data: {len(data.pretrain)} pretraining pairs, {len(data.clean)} clean pairs, {len(data.test)} test images "
-        f"({costs['data_seconds']:.1f} s)")
-
-    card["stage"] = f"attack {c.attack!r}"
+    card.stage = f"attack {c.attack!r}"
     attack = plan.attack_cls(plan.attack_options, c.data.image_size, c.seed)
-    card["attack"].update(attack.describe())
-    budget = poison_budget(len(data.pretrain), c.poison_rate, c.poison_count) if c.attack != "none" else 0
-    start = time.perf_counter()
-    poison = plan_poison(data.pretrain, attack, target_index, target_name, budget, data.test.templates, c.seed)
-    poisoned_pairs = apply_poison(data.pretrain, poison, attack, c.seed)
-    costs["poison_seconds"] = time.perf_counter() - start
-    card["poison"] = {
-        "target": target_name, "target_index": target_index, "count": poison.count,
-        "rate": poison.count / len(data.pretrain), "candidates": poison.candidates,
-        "indices": poison.indices, "indices_sha256": poison.indices_sha256(),
-        "example_captions": poison.captions[:5],
-    }
-    log(f"poison: {poison.count} of {len(data.pretrain)} pairs -> target {target_name!r} ({c.attack})")
+    card.attack.update(attack.describe())
+    poisoned = stages.poison(stages.PoisonInput(cell.data.pretrain, attack, cell.target_index, cell.target_name,
+                                                cell.data.test.templates, c.seed, c.poison_rate, c.poison_count))
+    costs["poison_seconds"], card.poison = poisoned.seconds, poisoned.card_section()
+    log(f"poison: {poisoned.plan.count} of {poisoned.total} pairs -> target {cell.target_name!r} ({c.attack})")
 
-    card["stage"] = "pretraining"
-    artifacts = _Artifacts(plan, card)
+    card.stage = "pretraining"
+    cache = CellCache(ArtifactCache(c.cache_dir) if c.use_cache else None, plan.artifact_keys())
+    card.artifacts = cache.record
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
-    with artifacts.computing(POISONED_MODELS, "poisoned_model"):
-        meta = artifacts.load_model(POISONED_MODELS, "poisoned_model", bundle.model)
-        if meta is not None:
-            card["pretrain"] = meta["stats"]
-            log(f"pretrain: reused cached poisoned model {artifacts.keys['poisoned_model'][:12]}")
-        else:
-            batches = pretrain_batches(bundle, poisoned_pairs, plan.device, c.pretrain.batch_size)
-            stats = train(bundle.model, batches, pretrain_objective(bundle), c.pretrain,
-                          seed=derive_seed(c.seed, "pretrain"), stage="pretrain", device=plan.device, progress=progress)
-            card["pretrain"] = stats.to_dict()
-            artifacts.save_model(POISONED_MODELS, "poisoned_model", bundle.model,
-                                 {"stats": stats.to_dict(), "config": c.to_dict()})
-            log(f"pretrain: {stats.steps} steps in {stats.seconds:.1f} s ({stats.items_per_second:.0f} img/s)")
-    costs["pretrain_seconds"] = card["pretrain"]["seconds"]
+    stored, reused = cache.run(POISONED_MODELS, "poisoned_model", lambda: {"stats": stages.pretrain(stages.PretrainInput(
+        bundle, poisoned.pairs, c.pretrain, c.seed, plan.device, progress)).to_dict(), "config": c.to_dict()}, bundle.model)
+    card.pretrain = stored["stats"]
+    costs["pretrain_seconds"] = card.pretrain["seconds"]
+    log(_done("pretrain", reused, cache.keys["poisoned_model"], card.pretrain))
 
-    card["stage"] = "evaluation"
-    before = artifacts.evaluation(
-        "poisoned_evaluation", lambda: evaluate(bundle, data.test, attack, target_index, c.seed, plan.device)
-    )
-    costs["eval_seconds"] = before["seconds"]
-    card["metrics"] = {"poisoned": before}
+    card.stage = "evaluation"
+    evaluation = stages.EvaluateInput(bundle, cell.data.test, attack, cell.target_index, c.seed, plan.device)
+    before, _ = cache.evaluation("poisoned_evaluation", lambda: stages.evaluate(evaluation))
+    costs["eval_seconds"], card.metrics = before["seconds"], {"poisoned": before}
     log(f"poisoned model: CA {before['ca_top1']['value']:.1%}  ASR {before['asr']['value']:.1%}")
 
-    card["stage"] = f"defense {c.defense!r}"
-    with artifacts.computing(DEFENDED_MODELS, "defended_model"):
-        meta = None if plan.defense_is_identity else artifacts.load_model(DEFENDED_MODELS, "defended_model", bundle.model)
-        if meta is not None:
-            card["defense"].update(training=meta["training"], notes=meta["notes"])
-            costs["defense_seconds"] = meta["seconds"]
-            log(f"defense: reused cached defended model {artifacts.keys['defended_model'][:12]}")
-        else:
-            defense = plan.defense_cls(plan.defense_options)
-            context = DefenseContext(
-                data.clean, plan.device, derive_seed(c.seed, "defense"), progress, needs=frozenset(defense.needs),
-                defense_name=c.defense,
-                restricted=restricted_data(poisoned_pairs, poison.indices, data.test, attack, target_index, c.seed),
-            )
-            start = time.perf_counter()
-            bundle.model = defense.apply(copy.copy(bundle), context)
-            costs["defense_seconds"] = time.perf_counter() - start
-            card["defense"]["training"] = [s.to_dict() for s in context.stats]
-            card["defense"]["notes"] = context.notes
-            if plan.defense_is_identity:
-                artifacts.record["defended_model_reused"] = artifacts.record["poisoned_model_reused"]
-            else:
-                artifacts.save_model(DEFENDED_MODELS, "defended_model", bundle.model, {
-                    "training": card["defense"]["training"], "notes": context.notes,
-                    "seconds": costs["defense_seconds"], "config": c.to_dict()})
+    card.stage = f"defense {c.defense!r}"
+    defended, costs["defense_seconds"] = _defend(plan, cache, bundle, cell, poisoned, attack, progress, log)
+    card.defense.update(training=defended["training"], notes=defended["notes"])
 
-    card["stage"] = "evaluation"
-    if artifacts.keys["defended_evaluation"] == artifacts.keys["poisoned_evaluation"]:
-        after = before
-        artifacts.record["defended_evaluation_reused"] = True
+    card.stage = "evaluation"
+    if cache.keys["defended_evaluation"] == cache.keys["poisoned_evaluation"]:
+        after, cache.record["defended_evaluation_reused"] = before, True
     else:
-        after = artifacts.evaluation(
-            "defended_evaluation", lambda: evaluate(bundle, data.test, attack, target_index, c.seed, plan.device)
-        )
+        after, _ = cache.evaluation("defended_evaluation", lambda: stages.evaluate(evaluation))
         costs["eval_seconds"] += after["seconds"]
-    card["metrics"]["defended"] = after
-    card["metrics"]["change"] = {
-        "ca_top1": after["ca_top1"]["value"] - before["ca_top1"]["value"],
-        "asr": after["asr"]["value"] - before["asr"]["value"],
-        "ra": after["ra"]["value"] - before["ra"]["value"],
-    }
+    card.metrics["defended"] = after
+    card.metrics["change"] = {name: after[name]["value"] - before[name]["value"] for name in ("ca_top1", "asr", "ra")}
     costs["total_seconds"] = sum(costs.values())
-    card["wall_seconds"] = time.perf_counter() - wall_start
-    card["reused"] = [name for name in artifacts.keys if artifacts.record[f"{name}_reused"]]
-    card["status"] = "ok"
-    card.pop("stage", None)
-    card["finished"] = runcard.now()
+    card.wall_seconds, card.reused = time.perf_counter() - wall_start, cache.reused()
+    card.status, card.stage, card.finished = "ok", None, runcard.now()
     if distributed.is_main():
         runcard.write_card(path, card)
 
 
-def _fail(card: dict, path: Path, error: Exception) -> None:
+def _done(stage: str, reused: bool, key: str, stats: dict) -> str:
+    """The log line of a training stage."""
+    if reused:
+        return f"{stage}: reused cached {'poisoned' if stage == 'pretrain' else 'defended'} model {key[:12]}"
+    return f"{stage}: {stats['steps']} steps in {stats['seconds']:.1f} s ({stats['items_per_second']:.0f} img/s)"
+
+
+def _defend(plan: Plan, cache: CellCache, bundle: ModelBundle, cell: stages.CellData, poisoned: stages.Poisoned,
+            attack: Attack, progress: bool, log: Log) -> tuple[dict, float]:
+    """The defend stage through the cache: the defended model lands in `bundle.model`; returns the
+    stage's stored record (training, notes, seconds) and its cost. A defense of stage `none` keeps the
+    poisoned model, so its defended model is that model and is not stored again."""
+    c = plan.config
+    inputs = stages.DefendInput(plan.defense_cls(plan.defense_options), bundle, cell.data.clean, c.seed, plan.device,
+                                c.defense, stages.guarded_data(poisoned, cell.data.test, attack, c.seed), progress)
+
+    def defend() -> dict:
+        result = stages.defend(inputs)
+        bundle.model = result.model
+        return {"training": result.card_training(), "notes": result.context.notes, "seconds": result.seconds,
+                "config": c.to_dict()}
+
+    if plan.defense_is_identity:
+        record = defend()
+        cache.record["defended_model_reused"] = cache.record["poisoned_model_reused"]
+        return record, record["seconds"]
+    record, reused = cache.run(DEFENDED_MODELS, "defended_model", defend, bundle.model)
+    if reused:
+        log(f"defense: reused cached defended model {cache.keys['defended_model'][:12]}")
+    return record, record["seconds"]
+
+
+def _fail(card: runcard.RunCard, path: Path, error: Exception) -> None:
     """Record a failed cell: the card keeps everything computed so far, plus the error."""
-    card["status"] = "failed"
-    card["error"] = str(error)
-    card["finished"] = runcard.now()
+    card.status = "failed"
+    card.error = str(error)
+    card.finished = runcard.now()
     if distributed.is_main():
         runcard.write_card(path, card)

@@ -1,141 +1,19 @@
-"""Reading run cards back: the input of every table, plot and leaderboard page.
+"""Reading a results folder's run cards: the input of every table, plot and leaderboard page.
 
-Run cards are untrusted input (anyone can drop a JSON file into a results folder), so each one is
-checked against the schema below before use; invalid files are skipped and reported with a reason.
+Each file is read and checked by `cleanbench.runcard.read_card`; invalid files are skipped and
+reported with the reason.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from cleanbench.runcard import SCHEMA_VERSION
+from cleanbench.runcard import CardInvalid, read_card, validate_card
 
-REQUIRED_KEYS = ("schema_version", "status", "config", "attack", "defense")
-STATUSES = ("ok", "failed")
-STAGES = ("poisoned", "defended")
-PROPORTIONS = ("ca_top1", "ca_top5", "asr", "ra")
-MAX_CARD_BYTES = 20_000_000
-MAX_NAME_CHARS = 500
-_TOLERANCE = 1e-6
-
-
-class CardInvalid(ValueError):
-    """A run card that does not match the schema; the message says where."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise CardInvalid(message)
-
-
-def _mapping(card: dict, key: str, where: str = "") -> dict:
-    value = card.get(key)
-    _require(isinstance(value, dict), f"{where}{key}: expected an object")
-    return value
-
-
-def _name(value: Any, where: str) -> str:
-    _require(isinstance(value, str) and 0 < len(value) <= MAX_NAME_CHARS,
-             f"{where}: expected a non-empty string of at most {MAX_NAME_CHARS} characters")
-    return value
-
-
-def _optional(card: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> None:
-    if card.get(key) is not None:
-        _require(isinstance(card[key], kind), f"{where}{key}: expected {getattr(kind, '__name__', kind)}")
-
-
-def _check_proportion(value: Any, where: str) -> None:
-    """{successes, total, value, low, high}: counts in range, value = successes/total, low <= value <= high."""
-    _require(isinstance(value, dict), f"{where}: expected an object")
-    k, n = value.get("successes"), value.get("total")
-    _require(_is_int(k) and _is_int(n) and 0 <= k <= n, f"{where}: successes and total must be integers, 0 <= successes <= total")
-    numbers = [value.get(name) for name in ("value", "low", "high")]
-    if n == 0:
-        _require(all(v is None or (_is_number(v) and math.isnan(v)) for v in numbers), f"{where}: total 0 must have NaN values")
-        return
-    _require(all(_is_number(v) and math.isfinite(v) for v in numbers), f"{where}: value, low and high must be finite numbers")
-    p, low, high = numbers
-    _require(abs(p - k / n) <= _TOLERANCE, f"{where}: value {p} is not successes/total = {k}/{n}")
-    _require(-_TOLERANCE <= low <= p + _TOLERANCE and p - _TOLERANCE <= high <= 1 + _TOLERANCE,
-             f"{where}: interval [{low}, {high}] must hold the value and lie in [0, 1]")
-
-
-def _check_metrics(metrics: Any, status: str) -> None:
-    _require(isinstance(metrics, dict), "metrics: expected an object")
-    required = ("defended",) if status == "ok" else ()
-    for stage in STAGES:
-        if stage not in metrics:
-            _require(stage not in required, f"metrics.{stage}: missing (a card with status ok needs it)")
-            continue
-        _require(isinstance(metrics[stage], dict), f"metrics.{stage}: expected an object")
-        for name in PROPORTIONS:
-            _check_proportion(metrics[stage].get(name), f"metrics.{stage}.{name}")
-
-
-def validate_card(card: Any) -> dict:
-    """Return `card` if it matches run-card schema version 1, else raise CardInvalid naming the problem.
-
-    Checked: the required keys and their types, plugin names, the config fields the leaderboard
-    groups by, every proportion (counts, value = successes/total, interval), costs, and the
-    optional descriptive fields (versions, device, artifacts, command) when present.
-    """
-    _require(isinstance(card, dict), "expected a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in card]
-    _require(not missing, f"missing keys: {', '.join(missing)}")
-    _require(_is_int(card["schema_version"]) and card["schema_version"] == SCHEMA_VERSION,
-             f"schema_version: expected {SCHEMA_VERSION}, got {card['schema_version']!r}")
-    _require(card["status"] in STATUSES, f"status: expected one of {', '.join(STATUSES)}, got {card['status']!r}")
-
-    config = _mapping(card, "config")
-    _name(config.get("attack"), "config.attack")
-    _name(config.get("defense"), "config.defense")
-    _require(_is_int(config.get("seed")), "config.seed: expected an integer")
-    _require(config.get("poison_rate") is None or (_is_number(config["poison_rate"]) and 0 <= config["poison_rate"] <= 1),
-             "config.poison_rate: expected a number in [0, 1] or null")
-    _require(config.get("poison_count") is None or (_is_int(config["poison_count"]) and config["poison_count"] >= 0),
-             "config.poison_count: expected a non-negative integer or null")
-    for key in ("attack_options", "defense_options", "data", "model", "pretrain"):
-        _require(isinstance(config.get(key, {}), dict), f"config.{key}: expected an object")
-    _require(isinstance(config.get("target", ""), str), "config.target: expected a string")
-    n_pretrain = config.get("data", {}).get("n_pretrain", 1)
-    _require(_is_int(n_pretrain) and n_pretrain >= 1, "config.data.n_pretrain: expected an integer >= 1")
-    _require(isinstance(config.get("model", {}).get("name", ""), str), "config.model.name: expected a string")
-
-    for role in ("attack", "defense"):
-        plugin = _mapping(card, role)
-        _require(_name(plugin.get("name"), f"{role}.name") == config[role], f"{role}.name differs from config.{role}")
-        for key in ("description", "paper", "source", "stage"):
-            _optional(plugin, key, str, f"{role}.")
-        _optional(plugin, "options", dict, f"{role}.")
-
-    if card["status"] == "ok" or "metrics" in card:
-        _check_metrics(card.get("metrics"), card["status"])
-    if card["status"] == "failed":
-        _require(isinstance(card.get("error"), str), "error: a failed card must say why (a string)")
-    costs = card.get("costs", {})
-    _require(isinstance(costs, dict), "costs: expected an object")
-    for key in ("defense_seconds", "total_seconds"):
-        _require(key not in costs or (_is_number(costs[key]) and costs[key] >= 0), f"costs.{key}: expected a number >= 0")
-    for key, kind in (("versions", dict), ("device", dict), ("artifacts", dict), ("poison", dict),
-                      ("git_commit", str), ("command", str), ("reproduce", str), ("created", str), ("finished", str)):
-        _optional(card, key, kind)
-    _require(all(isinstance(v, str) for v in (card.get("versions") or {}).values()), "versions: expected strings")
-    return card
+__all__ = ["CardInvalid", "CardScan", "cards_table", "load_cards", "scan_cards", "validate_card"]
 
 
 @dataclass
@@ -151,14 +29,13 @@ def scan_cards(results_dir: str | Path) -> CardScan:
     scan = CardScan()
     for path in sorted(Path(results_dir).glob("runs/**/*.json")):
         try:
-            if path.stat().st_size > MAX_CARD_BYTES:
-                raise CardInvalid(f"larger than {MAX_CARD_BYTES} bytes")
-            card = validate_card(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            card = read_card(path).to_dict()
+        except OSError as error:
             scan.rejected.append((str(path), f"unreadable: {type(error).__name__}: {error}"))
             continue
         except CardInvalid as error:
-            scan.rejected.append((str(path), f"invalid: {error}"))
+            reason = str(error)
+            scan.rejected.append((str(path), reason if reason.startswith("unreadable") else f"invalid: {reason}"))
             continue
         card["_path"] = str(path)
         scan.cards.append(card)
