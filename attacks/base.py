@@ -26,14 +26,10 @@ from typing import Any, ClassVar
 import torch
 
 from cleanbench.data.base import PairSet
+from cleanbench.options import NoOptions
 from cleanbench.seeding import derive_seed, torch_generator
 
 REFERENCE_IMAGE_SIZE = 224
-
-
-@dataclass
-class NoOptions:
-    """An attack or defense without options."""
 
 
 class Attack(ABC):

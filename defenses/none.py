@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from cleanbench.attacks.base import NoOptions
 from cleanbench.defenses.base import Defense, DefenseContext
 from cleanbench.models import ModelBundle
 
@@ -17,7 +16,6 @@ class NoDefense(Defense):
     source = "-"
     stage = "none"
     needs = frozenset()
-    Options = NoOptions
 
     def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
         return bundle.model
