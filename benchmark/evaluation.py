@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
-from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.attacks.base import Attack, trigger_rows, trigger_uint8
 from cleanbench.data.base import ClassificationSet
 from cleanbench.data.images import ImageFiles
-from cleanbench.data.lazy import FileBatches, trigger_rows
+from cleanbench.data.lazy import FileBatches
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
