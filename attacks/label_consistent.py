@@ -1,6 +1,6 @@
 """Label-consistent (clean-label) BadNets: the patch goes only on pairs that already show the target.
 
-Reference (spec section 1.4, issue #2): rows whose caption contains the target string are shuffled
+Reference (docs/reference.md §1.4, issue #2): rows whose caption contains the target string are shuffled
 and the first P get the BadNet patch; their captions are kept; there is no adversarial perturbation
 (unlike Turner et al.). The reference matches a case-sensitive substring ("bananas" matches,
 "Banana" does not); cleanbench matches the target name as a whole word, case-insensitively

@@ -62,7 +62,7 @@ THREATS = ("scratch", "finetune-pretrained")
 FINETUNE_PRETRAINED_TRAINING: dict[str, Any] = dict(
     epochs=5, batch_size=128, lr=1e-6, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
 )
-"""The reference's schedule for poisoning a pretrained CLIP (spec section 3.4: 5 epochs, lr 1e-6,
+"""The reference's schedule for poisoning a pretrained CLIP (docs/reference.md §3.4: 5 epochs, lr 1e-6,
 cosine with 50 warm-up steps, AdamW; batch and betas are its parser defaults). Users report that
 1e-6 implants a weak backdoor and 1e-5 a strong one (issue #3). Pretraining options that a config
 with `model.threat: finetune-pretrained` does not give come from here."""

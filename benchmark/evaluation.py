@@ -1,13 +1,13 @@
 """Zero-shot evaluation: CA on clean images, ASR and RA on triggered non-target images.
 
 Class embedding = mean of the L2-normalised embeddings of the class name in every prompt template,
-renormalised (spec section 5.1); computed once per model. Logits are cosine similarities.
+renormalised (docs/reference.md §5.1); computed once per model. Logits are cosine similarities.
 
 In-memory test sets (the embedded data) are scored in one pass. File-backed ones (ImageNet-style
 folders, torchvision datasets) stream through `FileBatches`: worker processes read and preprocess
 the images, the trigger is applied on the device to each non-target image (parameters from the
 image's own seeded generator), and the counts accumulate. With `squash_triggered` (the reference's
-behaviour, spec section 9 item 6) the triggered copy is made from the squashed image. On CUDA the
+behaviour, docs/reference.md §7, item 6) the triggered copy is made from the squashed image. On CUDA the
 encoders run under autocast (bf16 where supported).
 """
 

@@ -1,4 +1,4 @@
-"""Contrastive losses (reference spec section 3.1).
+"""Contrastive losses (docs/reference.md §3.1).
 
 With s the exponentiated, clamped logit scale and L2-normalised embeddings:
 - L_CLIP = 1/2 [CE(s I T^T, diag) + CE(s T I^T, diag)]  (open_clip's ClipLoss),

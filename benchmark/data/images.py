@@ -3,7 +3,7 @@
 Clean images get CLIP's preprocessing up to normalisation: the shorter side resized to the input
 size (bicubic), then a centre crop (`crop`). Triggers are applied to these uint8 images, so they act
 at the model's input resolution, before normalisation, in training and at test time alike. The
-reference instead squashes every triggered image to 224 x 224 without cropping (spec section 9,
+reference instead squashes every triggered image to 224 x 224 without cropping (docs/reference.md §7,
 item 6), so the squash comes with the trigger; `squash_triggered` reproduces that for comparison:
 rows that get a trigger are then read with `squash` (the whole image resized to a square).
 """

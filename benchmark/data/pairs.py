@@ -1,4 +1,4 @@
-"""Image-caption pairs from a CSV file in the reference's format (spec section 8), read lazily.
+"""Image-caption pairs from a CSV file in the reference's format (docs/reference.md §6), read lazily.
 
 Columns `image` and `caption` by default (configurable), any one-character delimiter, image paths
 relative to the CSV's folder (or a given root). Indexing the CSV checks every row's path without
