@@ -144,7 +144,7 @@ def test_a_lost_card_is_rebuilt_from_artifacts_without_training(tiny, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("trained although every artifact is cached")
 
-    monkeypatch.setattr(runner, "train", no_training)
+    monkeypatch.setattr("cleanbench.stages.train", no_training)
     monkeypatch.setattr("cleanbench.defenses.base.train", no_training)
     again, path = runner.run_cell(tiny(defense=defense, defense_options=options), progress=False, log=lambda m: None)
     assert path.is_file()
