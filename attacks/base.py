@@ -93,6 +93,19 @@ class Attack(ABC):
         """The caption a poisoned pair gets: a random template naming the target (dirty-label)."""
         return templates[rng.randrange(len(templates))].format(target_name)
 
+    def prepare_poisoned(self, pairs: PairSet, indices: list[int], target_name: str, seed: int) -> torch.Tensor:
+        """The uint8 images of the pairs at `indices` before the trigger: unchanged by default
+        (label-consistent perturbs them adversarially first)."""
+        return pairs.images[torch.tensor(indices, dtype=torch.long)]
+
+    def noise_count(self, budget: int) -> int:
+        """How many other training pairs get `noise_mode()` for a poison budget (none by default)."""
+        return 0
+
+    def noise_mode(self) -> Attack | None:
+        """A transform for extra training images that keep their captions (WaNet's noise mode), or None."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Options and derived (scaled) parameters, for the run card."""
         return {"options": asdict(self.options), "image_size": self.image_size, "version": self.version}

@@ -25,8 +25,9 @@ are made once before training: their cost is in the setup rows.
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`: matrix products, convolutions and
 attention, forward and backward; element-wise work (normalisation, activations, the optimizer) is
-not counted. On CUDA, MFU = counted FLOPs / median seconds / the device's peak (`PEAK_TFLOPS`, or
-`--peak-tflops`).
+not counted. Achieved GFLOP/s = counted FLOPs / median seconds; "of peak" divides it by the
+device's peak: `--peak-tflops`, else on CUDA the data sheet's (`PEAK_TFLOPS`, shown as MFU), else
+the measured float32 matmul peak of this device on these threads (`cleanbench.peak`).
 
 The cell estimate takes the defaults of `cleanbench run` (data sizes, epochs, CleanCLIP) with this
 model, batch size and image size: data generation, model build, poisoning and tokenisation scale
@@ -71,6 +72,7 @@ from cleanbench.defenses.contrastive import ContrastiveFinetune
 from cleanbench.errors import UsageError
 from cleanbench.evaluation import EVAL_TRIGGER_STREAM, IMAGE_BATCH, autocast, class_embeddings, evaluate
 from cleanbench.losses import cleanclip_loss, clip_loss, clip_objective
+from cleanbench.peak import MATMUL_SIDE, matmul_peak_tflops
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import TINY_MODEL, build_model, check_model, input_size
 from cleanbench.registry import ATTACKS, DEFENSES
@@ -612,6 +614,11 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda message: 
     measures = bench.run()
     environment["load_average_end"] = list(os.getloadavg())
     peak = device_peak_tflops(bench.device, config.peak_tflops)
+    environment["peak_source"] = "given" if config.peak_tflops else "data sheet" if peak else "measured"
+    environment["matmul_peak_tflops"] = matmul_peak_tflops(bench.device)
+    if peak is None:
+        peak = environment["matmul_peak_tflops"]
+        environment["peak_source"] = f"measured: float32 {MATMUL_SIDE}x{MATMUL_SIDE} matmul"
     result = BenchResult(config, environment | {"image_size": bench.size}, measures, {}, {}, peak)
     result.breakdown = _breakdown(result)
     result.estimate = _estimate(result, bench)
@@ -654,13 +661,16 @@ def format_result(result: BenchResult) -> str:
             "target": "" if row["met"] is None else ("met" if row["met"] else "MISSED"),
             "GFLOP/step": _fmt(row["flops"] / row["steps"] / 1e9 if training and row["flops"] else None, "{:.2f}"),
         }
-        if cuda:
-            entry["TFLOP/s"] = _fmt(row["achieved_tflops"], "{:.1f}")
-            entry["MFU"] = _fmt(row["mfu"], "{:.1%}")
+        entry["GFLOP/s"] = _fmt(row["achieved_tflops"] * 1e3 if row["achieved_tflops"] else None, "{:.0f}")
+        data_sheet = cuda and not str(env.get("peak_source", "")).startswith("measured")
+        entry["MFU" if data_sheet else "of peak"] = _fmt(row["mfu"], "{:.1%}")
         table.append(entry)
     lines.append(pd.DataFrame(table).to_string(index=False))
-    if cuda and result.peak_tflops is None:
-        lines.append("MFU: unknown peak for this device; pass --peak-tflops")
+    if result.peak_tflops is None:
+        lines.append("peak: unknown for this device; pass --peak-tflops")
+    elif "matmul_peak_tflops" in env:
+        lines.append(f"peak {1e3 * result.peak_tflops:.0f} GFLOP/s ({env.get('peak_source')}); "
+                     f"measured float32 matmul {1e3 * env['matmul_peak_tflops']:.0f} GFLOP/s")
     noisy = [m.name for m in result.measures.values() if m.group in STAGE_GROUPS and m.spread > NOISY_SPREAD]
     if noisy:
         lines.append(f"noisy: {len(noisy)} stage rows spread over {NOISY_SPREAD:.0%} (the device was busy); "

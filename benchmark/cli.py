@@ -13,19 +13,11 @@ from pathlib import Path
 import click
 
 from cleanbench import distributed
-from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
+from cleanbench.config import RunConfig, from_dict, merge, parse_key_values, values_from_file
 from cleanbench.errors import CleanbenchError, RunError, UsageError
-from cleanbench.registry import ATTACKS, DEFENSES, load_plugin_file
+from cleanbench.registry import ATTACKS, DEFENSES, DETECTORS, load_plugin_file
 
 DEFAULTS = RunConfig()
-
-
-def _config_from_file(path: str) -> dict:
-    """A YAML config, or the `config` section of a run card (to reproduce it)."""
-    values = load_yaml(path)
-    if "schema_version" in values and "config" in values:
-        return values["config"]
-    return values
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -57,6 +49,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--eval-data", default=None, help="Zero-shot test set: a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT.")
 @click.option("--save-model", default=None, type=click.Path(file_okay=False), help="Folder to save the poisoned and defended models in, as open_clip folders (local-dir:).")
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers attacks/defenses; repeatable.")
+@click.option("--tuning", default=None, type=click.Path(dir_okay=False), help="Tuning record from `cleanbench tune`: the defense's strength option comes from it.")
 @click.option("--no-cache", is_flag=True, help="Retrain the poisoned model even when a cached one exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=int, default=1, help="Train with DDP on N processes on this machine (torchrun: one GPU each, or CPU with gloo).")
@@ -66,13 +59,13 @@ def run(**options) -> None:
         return distributed.relaunch(options["nproc"], distributed.without_option(sys.argv[1:], "--nproc"))
     for path in options["plugin"]:
         load_plugin_file(path)
-    values = _config_from_file(options["config_file"]) if options["config_file"] else {}
+    values = values_from_file(options["config_file"]) if options["config_file"] else {}
     if options["preset"]:
         from cleanbench.presets import preset_values
 
         values = merge(preset_values(options["preset"]), values)
     overrides: dict = {}
-    for key in ("attack", "defense", "target", "seed", "device", "results_dir"):
+    for key in ("attack", "defense", "target", "seed", "device", "results_dir", "tuning"):
         if options[key] is not None:
             overrides[key] = options[key]
     if options["poison_rate"] is not None or options["poison_count"] is not None:
@@ -117,10 +110,10 @@ def run(**options) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(["attacks", "defenses", "models"]))
+@click.argument("kind", required=False, type=click.Choice(["attacks", "defenses", "detectors", "models"]))
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers plugins.")
 def list_(kind: str | None, plugin: tuple[str, ...]) -> None:
-    """List registered attacks, defenses and models."""
+    """List registered attacks, defenses, detectors and models."""
     for path in plugin:
         try:
             load_plugin_file(path)
@@ -133,6 +126,10 @@ def list_(kind: str | None, plugin: tuple[str, ...]) -> None:
     if kind in (None, "defenses"):
         click.echo("defenses:")
         for entry in DEFENSES.entries():
+            click.echo(_entry_line(entry, "source"))
+    if kind in (None, "detectors"):
+        click.echo("detectors:")
+        for entry in DETECTORS.entries():
             click.echo(_entry_line(entry, "source"))
     if kind == "models":
         from cleanbench.models import available_models
@@ -168,6 +165,8 @@ from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
 from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
+from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
 
 
 def main(argv: list[str] | None = None) -> int:

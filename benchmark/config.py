@@ -25,7 +25,8 @@ from cleanbench.trainer import TrainConfig
 class DataConfig:
     """Which data a cell uses: `embedded` (procedural shapes, made in memory) or `csv` (files on disk).
 
-    Embedded: `preset`, `image_size` and the three sizes say what to generate. CSV (docs/real-data.md):
+    Embedded: `preset`, `image_size` and the sizes say what to generate (`n_validation`: the
+    validation split that `cleanbench tune` scores, never the test set). CSV (docs/real-data.md):
     `train` is a CSV of image-caption pairs (the training set that gets poisoned), `clean` a CSV for
     the defense (default: a seeded random subset of `limit_clean` rows of `train`), `eval` the
     zero-shot test set (a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT).
@@ -39,6 +40,7 @@ class DataConfig:
     n_pretrain: int = 10_000
     n_clean: int = 2_000
     n_test: int = 2_000
+    n_validation: int = 1_000
     train: str | None = None
     clean: str | None = None
     eval: str | None = None
@@ -105,6 +107,13 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
+    defense_defaults: dict[str, Any] = field(default_factory=dict)
+    """Per-defense option defaults of the setting ({defense name: {option: value}}), under `defense_options`."""
+    tuning: str | None = None
+    """A tuning record (`cleanbench tune`; a file, or the name of a setting's shipped record): the
+    defense's strength option comes from it."""
+    setting: str | None = None
+    """The named setting (`--preset NAME`) this configuration starts from; recorded in the card."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,6 +247,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def values_from_file(path: str | Path) -> dict[str, Any]:
+    """The settings in a YAML config, or the `config` section of a run card (to reproduce it)."""
+    values = load_yaml(path)
+    if "schema_version" in values and "config" in values:
+        return values["config"]
+    return values
+
+
 def parse_key_values(items: tuple[str, ...] | list[str], flag: str) -> dict[str, Any]:
     """`["lr=1e-5", "epochs=3"]` -> `{"lr": 1e-05, "epochs": 3}`; values are parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -288,7 +305,7 @@ def validate(config: RunConfig) -> RunConfig:
         raise UsageError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N")
     if Path(config.results_dir).exists() and not Path(config.results_dir).is_dir():
         raise UsageError(f"results dir {config.results_dir!r} is a file; pass a folder to --results-dir")
-    for name in ("n_pretrain", "n_clean", "n_test", "image_size"):
+    for name in ("n_pretrain", "n_clean", "n_test", "n_validation", "image_size"):
         if getattr(config.data, name) < 1:
             raise UsageError(f"data.{name} must be >= 1")
     _validate_model(config.model)

@@ -167,3 +167,13 @@ def evaluate(
         "seconds": seconds,
         "images_per_second": (n + m) / max(seconds, 1e-9),
     }
+
+
+def clean_accuracy(bundle: ModelBundle, images: ClassificationSet, device) -> dict:
+    """Zero-shot top-1 accuracy on in-memory clean images (the validation split), with its interval."""
+    start = time.perf_counter()
+    bundle.model.eval()
+    classes = class_embeddings(bundle, images.classnames, images.templates, device)
+    top1 = predict_topk(bundle, images.images, classes, device, k=1)[:, 0]
+    return {"ca_top1": proportion(int((top1 == images.labels).sum()), len(images.labels)).to_dict(),
+            "seconds": time.perf_counter() - start}

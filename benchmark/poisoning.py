@@ -7,6 +7,7 @@ rounded, as poisoned image files are) and rewrites or keeps their captions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ class PoisonPlan:
     target_index: int
     target_name: str
     candidates: int
+    noise_indices: list[int] = dataclasses.field(default_factory=list)
+    """Other pairs that get the attack's noise mode and keep their captions (WaNet); sorted."""
 
     @property
     def count(self) -> int:
@@ -76,7 +79,19 @@ def plan_poison(
     indices = sorted(int(i) for i in chosen)
     rng = random.Random(derive_seed(seed, "poison-captions"))
     captions = [attack.poison_caption(pairs.captions[i], target_name, templates, rng) for i in indices]
-    return PoisonPlan(indices, captions, target_index, target_name, len(candidates))
+    return PoisonPlan(indices, captions, target_index, target_name, len(candidates),
+                      _noise_indices(len(pairs), indices, attack.noise_count(budget), seed))
+
+
+def _noise_indices(total: int, poisoned: list[int], count: int, seed: int) -> list[int]:
+    """`count` pairs outside the poisoned ones, uniformly at random from `seed` (all of them at most)."""
+    if count <= 0:
+        return []
+    rest = torch.ones(total, dtype=torch.bool)
+    rest[torch.tensor(poisoned, dtype=torch.long)] = False
+    others = torch.nonzero(rest).flatten()
+    generator = torch_generator(derive_seed(seed, "poison-noise-select"))
+    return sorted(int(i) for i in others[torch.randperm(len(others), generator=generator)[:count]])
 
 
 def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int, batch_size: int = 1024) -> PairSet:
@@ -85,17 +100,34 @@ def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int, ba
     File-backed pairs are not copied: their images get the trigger as batches read them, on the device.
     """
     if isinstance(pairs.images, LazyColumn):
+        _check_lazy(plan, attack)
         return _poison_lazily(pairs, plan, attack, seed)
     images = pairs.images.clone()
     captions = list(pairs.captions)
     generator = torch_generator(derive_seed(seed, "poison-trigger"))
     index = torch.tensor(plan.indices, dtype=torch.long)
+    sources = attack.prepare_poisoned(pairs, plan.indices, plan.target_name, seed)
     for start in range(0, len(index), batch_size):
-        chunk = index[start : start + batch_size]
-        images[chunk] = trigger_uint8(attack, pairs.images[chunk], generator)
+        chunk = slice(start, start + batch_size)
+        images[index[chunk]] = trigger_uint8(attack, sources[chunk], generator)
+    noise, mode = torch.tensor(plan.noise_indices, dtype=torch.long), attack.noise_mode()
+    generator = torch_generator(derive_seed(seed, "poison-noise"))
+    for start in range(0, len(noise), batch_size):
+        chunk = noise[start : start + batch_size]
+        images[chunk] = trigger_uint8(mode, pairs.images[chunk], generator)
     for i, caption in zip(plan.indices, plan.captions):
         captions[i] = caption
     return PairSet(images, captions, pairs.labels.clone(), pairs.classnames)
+
+
+def _check_lazy(plan: PoisonPlan, attack: Attack) -> None:
+    """File data is triggered as it is read: no noise mode, no perturbation of the poisons first."""
+    if plan.noise_indices:
+        raise UsageError(f"attack {attack.name}'s noise mode works on in-memory data only; "
+                         "for file data add --attack-opt noise_ratio=0")
+    if getattr(attack.options, "perturbation", "none") != "none":
+        raise UsageError(f"attack {attack.name}'s perturbation works on in-memory data only; "
+                         "for file data add --attack-opt perturbation=none")
 
 
 def _poison_lazily(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int) -> PairSet:

@@ -1,4 +1,6 @@
-"""Named configurations that write down the paper's settings (`cleanbench run --preset NAME`).
+"""Named configurations (`cleanbench run --preset NAME`): the `standard` setting and the paper's.
+
+- `standard`: the benchmark's calibrated embedded setting (docs/setting.md).
 
 A preset is the bottom layer of a run's configuration: a `--config` file and command-line options
 override it. The data paths are the user's: `--data train.csv --eval-data imagenet-val/`
@@ -42,7 +44,28 @@ _COMMON: dict[str, Any] = dict(
     target="banana",
 )
 
+STANDARD_DEFENSE_TRAINING: dict[str, Any] = dict(epochs=10, batch_size=64, warmup_steps=10)
+"""The standard setting's finetuning schedule for every contrastive defense (the reference's batch
+64 and 10 epochs: 180 steps on the 1,200 clean pairs); the learning rate comes from the tuning record."""
+
+STANDARD: dict[str, Any] = dict(
+    setting="standard",
+    target="star",
+    poison_rate=0.02,
+    data=dict(source="embedded", preset="easy", image_size=32, n_pretrain=40_000, n_clean=1_200, n_test=2_000,
+              n_validation=1_000),
+    model=dict(name="cleanbench-tiny", pretrained=None, threat="scratch"),
+    pretrain=dict(epochs=2, batch_size=128, lr=2e-3, warmup_steps=62, weight_decay=0.1, beta1=0.9, beta2=0.98,
+                  eps=1e-6),
+    defense_defaults={name: dict(STANDARD_DEFENSE_TRAINING) for name in ("finetune", "unimodal", "cleanclip")},
+    tuning="standard",
+)
+"""The `standard` setting (docs/setting.md): 40,000 procedural pretraining pairs seen twice (clean
+CA has plateaued), a clean finetuning set of 3 % of them, defenses at the learning rate that the
+tuning protocol picked on the clean-model control (`settings/standard.tuning.json`)."""
+
 PRESETS: dict[str, dict[str, Any]] = {
+    "standard": STANDARD,
     "paper-cc3m-rn50-scratch": dict(
         _COMMON,
         data=dict(source="csv", limit_clean=100_000),
@@ -65,3 +88,27 @@ def preset_values(name: str) -> dict[str, Any]:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(f"unknown preset {name!r}; {hint}presets: {', '.join(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
+
+
+CELL_KEYS = frozenset({"attack", "attack_options", "defense", "defense_options", "poison_rate", "poison_count",
+                       "seed", "device", "results_dir", "cache_dir", "use_cache", "setting"})
+"""Config keys that vary inside a setting (a cell's own choices) or do not change numbers."""
+
+
+def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def setting_record(config: Any) -> dict[str, Any] | None:
+    """For the run card: the named setting and the setting-level keys where `config` departs from it
+    (empty when the run is in the setting as published); None for a config without a named setting."""
+    if not config.setting or config.setting not in PRESETS:
+        return {"name": config.setting, "deviations": None} if config.setting else None
+    wanted = {k: v for k, v in _flat(PRESETS[config.setting]).items() if k.split(".")[0] not in CELL_KEYS}
+    actual = _flat(config.to_dict())
+    return {"name": config.setting, "deviations": sorted(k for k, v in wanted.items() if actual.get(k) != v)}

@@ -1,8 +1,9 @@
-"""A typed, lazy registry of attacks and defenses.
+"""A typed, lazy registry of attacks, defenses and detectors.
 
 Names come from three places: built-ins (imported only when used), the entry-point groups
-`cleanbench.attacks` and `cleanbench.defenses` of installed packages, and plugin files loaded with
-`--plugin path.py` (which call `register_attack` / `register_defense`). An unknown name fails
+`cleanbench.attacks`, `cleanbench.defenses` and `cleanbench.detectors` of installed packages, and
+plugin files loaded with `--plugin path.py` (which call `register_attack` / `register_defense` /
+`register_detector`). An unknown name fails
 with a did-you-mean hint; a plugin that fails to import is reported with its error and skipped,
 so listing never crashes.
 """
@@ -142,6 +143,18 @@ DEFENSES: Registry = Registry(
     "cleanbench.defenses.base:Defense",
 )
 
+DETECTORS: Registry = Registry(
+    "detector",
+    "cleanbench.detectors",
+    {
+        "k-distance": "cleanbench.detectors.neighbourhood:KDistance",
+        "slof": "cleanbench.detectors.neighbourhood:SLOF",
+        "dao": "cleanbench.detectors.neighbourhood:DAO",
+        "cosine": "cleanbench.detectors.cosine:CosineSimilarity",
+    },
+    "cleanbench.detectors.base:Detector",
+)
+
 
 def register_attack(cls: type) -> type:
     """Class decorator for plugin files: register an `Attack` subclass under its `name`."""
@@ -153,8 +166,14 @@ def register_defense(cls: type) -> type:
     return DEFENSES.register(cls)
 
 
+def register_detector(cls: type) -> type:
+    """Class decorator for plugin files: register a `Detector` subclass under its `name`."""
+    return DETECTORS.register(cls)
+
+
 def load_plugin_file(path: str | Path) -> None:
-    """Import a plugin file; its `register_attack` / `register_defense` decorators register it.
+    """Import a plugin file; its `register_attack` / `register_defense` / `register_detector`
+    decorators register it.
 
     Loading a file that this process has loaded already (same path, unchanged) does nothing."""
     path = Path(path)

@@ -47,6 +47,7 @@ class RunCard:
     config: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     cell_key: str | None = None
+    setting: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     device: dict[str, Any] = field(default_factory=dict)

@@ -31,10 +31,13 @@ from cleanbench.data.base import class_index
 from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense
 from cleanbench.errors import CleanbenchError, RunError, UsageError
+from cleanbench.evaluation import clean_accuracy
 from cleanbench.models import ModelBundle, build_model, check_model
 from cleanbench.poisoning import poison_budget
+from cleanbench.presets import setting_record
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.seeding import derive_seed, seed_everything
+from cleanbench.tuning import apply_record
 
 Log = Callable[[str], None]
 
@@ -60,6 +63,8 @@ _EVAL_FIELDS = ("eval", "eval_classes", "eval_split", "limit_test", "n_test")
 """Data settings that only the test set depends on."""
 _SPEED_FIELDS = ("workers",)
 """Data settings that change speed, not results."""
+_VALIDATION_FIELDS = ("n_validation",)
+"""Data settings that only the validation split depends on (scored in every run, never cached)."""
 _FILE_FIELDS = ("train", "clean", "eval", "eval_classes")
 
 
@@ -100,9 +105,11 @@ class Plan:
         self.config = validate(config)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)
         self.defense_cls: type[Defense] = DEFENSES.get(config.defense)
+        self.tuning = apply_record(config)
         self.attack_options = build_options(self.attack_cls.Options, config.attack_options, f"attack {config.attack!r} options")
+        defaults = config.defense_defaults.get(config.defense, {})
         self.defense_options = build_options(
-            self.defense_cls.Options, config.defense_options, f"defense {config.defense!r} options"
+            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
         )
         self.device = resolve_device(config.device)
         self._data_parts: dict[str, dict[str, Any]] = {}
@@ -129,7 +136,8 @@ class Plan:
             data = asdict(self.config.data)
             fields = {"clean": _CLEAN_FIELDS, "eval": _EVAL_FIELDS}.get(part)
             if fields is None:
-                fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS)
+                fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS
+                               + _VALIDATION_FIELDS)
             self._data_parts[part] = {k: data[k] for k in fields} | {
                 f"{k}_digest": _digest(data[k]) for k in fields if k in _FILE_FIELDS}
         return self._data_parts[part]
@@ -144,7 +152,7 @@ class Plan:
         c = self.config
         model = {k: v for k, v in asdict(c.model).items() if k != "trust_checkpoint"}
         return content_key({
-            "artifact": "poisoned-model",
+            "artifact": "poisoned-model", "setting": c.setting,
             "cleanbench": runcard.versions()["cleanbench"],
             "attack": c.attack, "attack_version": self.attack_cls.version,
             "attack_options": asdict(self.attack_options),
@@ -202,12 +210,13 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
         card = runcard.RunCard(
             status="running", created=runcard.now(),
             command=command, reproduce=f"cleanbench run --config {path.as_posix()}",
-            config=c.to_dict(), seed=c.seed, cell_key=key,
+            config=c.to_dict(), seed=c.seed, cell_key=key, setting=setting_record(c),
             versions=runcard.versions(), git_commit=runcard.git_commit(),
             device={**runcard.device_info(device), "processes": distributed.world_size()},
             attack={"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
             defense={"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
-                     "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe()},
+                     "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe(),
+                     **({"tuning": plan.tuning} if plan.tuning else {})},
         )
         try:
             _execute(plan, card, path, progress, log)
@@ -258,6 +267,9 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
     evaluation = stages.EvaluateInput(bundle, cell.data.test, attack, cell.target_index, c.seed, plan.device)
     before, _ = cache.evaluation("poisoned_evaluation", lambda: stages.evaluate(evaluation))
     costs["eval_seconds"], card.metrics = before["seconds"], {"poisoned": before}
+    validation = cell.data.validation
+    if validation is not None:
+        card.metrics["validation"] = {"poisoned": clean_accuracy(bundle, validation, plan.device)}
     log(f"poisoned model: CA {before['ca_top1']['value']:.1%}  ASR {before['asr']['value']:.1%}")
 
     card.stage = f"defense {c.defense!r}"
@@ -271,6 +283,9 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
         after, _ = cache.evaluation("defended_evaluation", lambda: stages.evaluate(evaluation))
         costs["eval_seconds"] += after["seconds"]
     card.metrics["defended"] = after
+    if validation is not None:
+        card.metrics["validation"]["defended"] = (card.metrics["validation"]["poisoned"] if plan.defense_is_identity
+                                                 else clean_accuracy(bundle, validation, plan.device))
     card.metrics["change"] = {name: after[name]["value"] - before[name]["value"] for name in ("ca_top1", "asr", "ra")}
     costs["total_seconds"] = sum(costs.values())
     card.wall_seconds, card.reused = time.perf_counter() - wall_start, cache.reused()

@@ -81,7 +81,8 @@ class Poisoned:
         plan = self.plan
         return {"target": plan.target_name, "target_index": plan.target_index, "count": plan.count,
                 "rate": plan.count / self.total, "candidates": plan.candidates, "indices": plan.indices,
-                "indices_sha256": plan.indices_sha256(), "example_captions": plan.captions[:5]}
+                "indices_sha256": plan.indices_sha256(), "noise_count": len(plan.noise_indices),
+                "example_captions": plan.captions[:5]}
 
 
 def poison(inputs: PoisonInput) -> Poisoned:

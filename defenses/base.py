@@ -120,6 +120,19 @@ class DefenseContext:
         return stats
 
 
+@dataclass(frozen=True)
+class Strength:
+    """A defense's strength knob for the tuning protocol (`cleanbench tune`): the option's name and
+    the values to try, weakest first (for a finetuning defense: its learning rate)."""
+
+    knob: str
+    grid: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            raise ValueError(f"strength knob {self.knob!r} has an empty grid")
+
+
 class Defense(ABC):
     """Base class of defenses; subclasses set the class attributes and implement `apply`.
 
@@ -128,7 +141,9 @@ class Defense(ABC):
     hyper-parameters with defaults (`--defense-opt KEY=VALUE`, YAML `defense_options:`; a defense
     without hyper-parameters leaves the default, `NoOptions`; a finetuning defense can subclass
     `TrainingOptions`, whose `train_config()` gives `context.finetune` its configuration); `version`
-    is part of the cache key of results, so bump it when the defense's behaviour changes.
+    is part of the cache key of results, so bump it when the defense's behaviour changes. `strength`
+    (optional) names the option that sets how hard the defense pushes and the grid that
+    `cleanbench tune` tries on the clean-model control (docs/setting.md).
     """
 
     name: ClassVar[str]
@@ -138,6 +153,7 @@ class Defense(ABC):
     needs: ClassVar[frozenset[str]] = frozenset({"clean_pairs"})
     Options: ClassVar[type] = NoOptions
     version: ClassVar[str] = "1"
+    strength: ClassVar[Strength | None] = None
 
     def __init__(self, options: Any) -> None:
         self.options = options

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cleanbench.augment import EDA, image_view
-from cleanbench.defenses.base import Defense, DefenseContext
+from cleanbench.defenses.base import Defense, DefenseContext, Strength
 from cleanbench.losses import cleanclip_loss
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
@@ -30,6 +30,10 @@ REFERENCE_TRAINING: dict[str, Any] = dict(
     epochs=10, batch_size=64, lr=1e-5, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
 )
 """The reference's optimisation settings for every contrastive defense (docs/reference.md §3.3)."""
+
+LR_GRID: tuple[float, ...] = (5e-5, 1e-4, 2e-4, 5e-4)
+"""Learning rates `cleanbench tune` tries for a finetuning defense, weakest first: 1/40 to 1/4 of
+the tiny model's pretraining lr (2e-3), i.e. well below it, as a defender's finetuning is."""
 
 
 @dataclass
@@ -77,6 +81,7 @@ class ContrastiveFinetune(Defense):
     """Finetune on the clean pairs with lambda1 * L_CLIP + lambda2 * L_SS; subclasses set the weights."""
 
     Options: ClassVar[type] = TrainingOptions
+    strength: ClassVar[Strength] = Strength("lr", LR_GRID)
 
     def objective_weights(self) -> tuple[float, float]:
         """(lambda1, lambda2): the weights of the cross-modal and the in-modal terms."""

@@ -19,18 +19,24 @@ import pandas as pd
 
 from cleanbench.errors import UsageError
 from cleanbench.leaderboard.cards import scan_cards
+from cleanbench.leaderboard.display import (
+    attack_ranking_view,
+    defense_ranking_view,
+    matrix_view,
+    missing,
+    number,
+    row_anchor,
+)
 from cleanbench.leaderboard.plots import draw_all
-from cleanbench.leaderboard.table import METRICS, NOT_RUN, leaderboard_table, slug
+from cleanbench.leaderboard.table import METRICS, NOT_RUN, Analysis, analyse, slug
+from cleanbench.leaderboard.views import attack_ranking, defense_ranking, matrices
 
 MARKER = ".cleanbench-site"
 GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses", "plots", "static")
-PERCENT = {"ca", "asr", "ra"}
-POINTS = {"d_ca", "d_asr"}
 METHODS = {
-    "wilson": "one seed: 95% Wilson interval of its counts",
-    "t": "95% t-interval across seeds",
-    "propagated": "one seed: 95% Wilson bounds of the defended model pushed through the formula",
-    "none": "no interval (one seed)",
+    "bootstrap": "95% bootstrap interval over seeds and test images",
+    "seeds": "no interval (not a proportion)",
+    "none": "no interval",
 }
 HELP = {
     "ca": "Clean accuracy: zero-shot top-1 on clean test images, after the defense.",
@@ -60,15 +66,11 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("cleanbench.leaderboard", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters["pct"] = lambda v: "N/A" if _missing(v) else f"{100 * v:.1f}%"
+    env.filters["pct"] = lambda v: "N/A" if missing(v) else f"{100 * v:.1f}%"
     env.filters["pretty"] = lambda v: json.dumps(_plain(v), indent=2, ensure_ascii=False)
-    env.filters["secs"] = lambda v: "N/A" if _missing(v) else f"{v:.1f} s"
+    env.filters["secs"] = lambda v: "N/A" if missing(v) else f"{v:.1f} s"
     env.filters["slug"] = slug
     return env
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
 def _plain(value: Any) -> Any:
@@ -82,42 +84,35 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _number(prefix: str, value: float) -> str:
-    if prefix in PERCENT:
-        return f"{100 * value:.1f}"
-    if prefix in POINTS:
-        return f"{100 * value:+.1f}"
-    if prefix == "der":
-        return f"{value:.3f}"
-    return f"{value:.1f}"
-
-
 def _metric_cell(row: pd.Series, prefix: str) -> dict[str, Any]:
     """Display of one metric: mean, std, interval, sort key, best mark, or N/A with its reason."""
     mean = row[f"{prefix}_mean"]
-    if _missing(mean):
+    if missing(mean):
         reason = row["status"] if row["status"] != "ok" else ("no undefended reference" if prefix in ("d_ca", "d_asr", "der")
                                                              else "not recorded")
         return {"na": True, "reason": reason, "title": row["note"] or reason, "sort": ""}
     std, low, high, method = (row[f"{prefix}_{p}"] for p in ("std", "low", "high", "method"))
-    interval = None if _missing(low) or _missing(high) else f"[{_number(prefix, low)}, {_number(prefix, high)}]"
-    spread = None if _missing(std) else f"±{_number(prefix, std).lstrip('+')}"
+    interval = None if missing(low) or missing(high) else f"[{number(prefix, low)}, {number(prefix, high)}]"
     n = row["n_seeds"]
-    title = f"mean of {n} seed{'s' if n != 1 else ''}" + (f", sd {spread[1:]}" if spread else "") + f"; {METHODS[method]}"
-    return {"na": False, "text": _number(prefix, mean), "sd": spread, "ci": interval, "sort": repr(float(mean)),
+    spread = "" if missing(std) else f", sd across seeds {number(prefix, std).lstrip('+')}"
+    title = f"mean of {n} seed{'s' if n != 1 else ''}{spread}; {METHODS[method]}"
+    return {"na": False, "text": number(prefix, mean), "ci": interval, "sort": repr(float(mean)),
             "best": bool(row[f"{prefix}_best"]), "title": title}
 
 
 def _display_rows(table: pd.DataFrame, card_pages: dict[str, str], card_seeds: dict[str, tuple[int, str]]) -> list[dict]:
     rows = []
-    for index, row in table.iterrows():
+    for _, row in table.iterrows():
         rank = row["rank"]
+        implanted = row["implanted"]
         rows.append({
-            "id": f"row-{index}",
+            "id": row_anchor(row["setting_key"], row["attack"], row["poison_rate"], row["defense"]),
             "setting": row["setting"], "attack": row["attack"], "rate": row["poison_rate"], "rate_value": row["rate"],
             "defense": row["defense"], "status": row["status"], "note": row["note"],
             "attack_page": f"attacks/{slug(row['attack'])}.html", "defense_page": f"defenses/{slug(row['defense'])}.html",
-            "rank": None if _missing(rank) else int(rank), "tied": bool(row["rank_tied"]), "tied_with": row["tied_with"],
+            "rank": None if missing(rank) else int(rank), "tied": bool(row["rank_tied"]), "tied_with": row["tied_with"],
+            "role": row["role"], "implanted": None if missing(implanted) else bool(implanted),
+            "implant_p": None if missing(row["implant_p"]) else float(row["implant_p"]),
             "metrics": {prefix: _metric_cell(row, prefix) for prefix, _, _ in METRICS},
             "seeds": [{"page": card_pages[path], "seed": card_seeds[path][0], "status": card_seeds[path][1]}
                       for path in row["cards"]],
@@ -174,7 +169,8 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     if not scan.cards:
         skipped = f"; {len(scan.rejected)} files skipped, e.g. {scan.rejected[0][0]}: {scan.rejected[0][1]}" if scan.rejected else ""
         raise UsageError(f"no valid run cards under {str(results_dir / 'runs')!r}{skipped}")
-    table = leaderboard_table(scan.cards)
+    analysis = analyse(scan.cards)
+    table = analysis.table
     _prepare(site_dir)
     _copy_static(site_dir)
     env = _environment()
@@ -201,7 +197,7 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     render("index.html", "index.html", title="Leaderboard", rows=rows, figures=figures, attacks=attacks,
            defenses=defenses, rates=list(dict.fromkeys(r["rate"] for r in sorted(rows, key=lambda r: r["rate_value"]))),
            statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected, n_cards=len(scan.cards),
-           n_ok=sum(c["status"] == "ok" for c in scan.cards))
+           n_ok=sum(c["status"] == "ok" for c in scan.cards), views=_views(analysis, scan.cards))
     for attack in attacks:
         info = _plugin_info(scan.cards, "attack", attack)
         render("plugin.html", f"attacks/{slug(attack)}.html", title=f"Attack: {attack}", role="attack", info=info,
@@ -229,6 +225,23 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     (site_dir / "leaderboard.json").write_text(
         json.dumps(_plain(exported.to_dict(orient="records")), indent=1, ensure_ascii=False), encoding="utf-8")
     return BuildReport(site_dir, len(scan.cards), len(table), len(figures), pages, scan.rejected)
+
+
+def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
+    """Per setting: its matrices (one per poison rate) and its defense and attack rankings."""
+    table = analysis.table
+    settings = list(dict.fromkeys(table["setting"]))
+    all_matrices = matrices(table)
+    out = []
+    for setting in settings:
+        defenses, n_groups = defense_ranking(analysis, setting)
+        attacks, top_rate = attack_ranking(analysis, setting, cards)
+        rates = list(table[(table["setting"] == setting) & (table["attack"] != "none")]
+                     .drop_duplicates("poison_rate").sort_values("rate")["poison_rate"])
+        out.append({"setting": setting, "n_groups": n_groups, "top_rate": top_rate, "rates": rates,
+                    "matrices": [matrix_view(m, len(settings) > 1) for m in all_matrices if m.setting == setting],
+                    "defenses": defense_ranking_view(defenses), "attacks": attack_ranking_view(attacks, rates)})
+    return out
 
 
 def _poison_summary(card: dict) -> dict | None:

@@ -1,8 +1,10 @@
 """The leaderboard table: run cards grouped into cells and aggregated across seeds.
 
 A cell is (model/data setting, attack, poison rate, defense); each seed of a cell is one run card.
-Formulas (DER, intervals, aggregation, ranking) live in `cleanbench.metrics`; this module only
-groups, picks the undefended reference and lays out the columns.
+The `defense = none` row of an attack x rate group is its undefended reference (never ranked); the
+rows of the clean control (attack `none`) give the base rate an attack has to beat. Numbers and
+intervals come from `cleanbench.leaderboard.cellstats`, ranks and the implant test from
+`cleanbench.leaderboard.uncertainty`; this module groups the cards and lays out the columns.
 """
 
 from __future__ import annotations
@@ -14,17 +16,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from cleanbench.metrics import (
-    SeedSummary,
-    der,
-    der_bounds,
-    interval_ranks,
-    proportion,
-    summarize_proportions,
-    summarize_values,
-)
+from cleanbench.leaderboard.cellstats import GroupDraws, Summary, cell_summaries, group_references
+from cleanbench.leaderboard.uncertainty import IMPLANT_ALPHA, bootstrap_ranks, implant_test
 
 # Keys of a config that vary inside one setting (or do not change the numbers at all).
 CELL_KEYS = frozenset({
@@ -42,8 +38,9 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
     ("der", "DER", True),
     ("seconds", "Cost", False),
 )
-CARD_METRICS = {"ca": "ca_top1", "asr": "asr", "ra": "ra"}
 NOT_RUN = "not run"
+REFERENCE = "none"
+"""The defense and attack name of the undefended model and of the clean control."""
 
 
 def short_hash(value: Any, length: int = 8) -> str:
@@ -131,68 +128,37 @@ def _variants(cards: list[dict], role: str) -> dict[int, str]:
     return labels
 
 
-def _reference(card: dict, undefended: dict[tuple, dict]) -> dict | None:
-    """The undefended metrics for a card: its own `poisoned` block, or the defended metrics of the
-    defense=none card of the same setting, attack, rate and seed."""
-    metrics = card.get("metrics", {})
-    if "poisoned" in metrics:
-        return metrics["poisoned"]
-    return undefended.get(card["_cell"][:3] + (card["config"]["seed"],))
-
-
-def _proportion(block: dict) -> Any:
-    return proportion(block["successes"], block["total"])
-
-
-def _summaries(ok: list[dict], undefended: dict[tuple, dict]) -> tuple[dict[str, SeedSummary], int]:
-    """Every metric of a cell summarised over its seeds; also the number of seeds with no reference."""
-    out: dict[str, SeedSummary] = {}
-    for prefix, key in CARD_METRICS.items():
-        out[prefix] = summarize_proportions([c["metrics"]["defended"][key] for c in ok])
-    d_ca, d_asr, ders, missing = [], [], [], 0
-    pairs = []
-    for card in ok:
-        before, after = _reference(card, undefended), card["metrics"]["defended"]
-        if before is None or before["ca_top1"]["total"] == 0 or before["asr"]["total"] == 0:
-            missing += 1
-            continue
-        pairs.append((before, after))
-        ca_b, asr_b = before["ca_top1"]["value"], before["asr"]["value"]
-        ca_a, asr_a = after["ca_top1"]["value"], after["asr"]["value"]
-        d_ca.append(ca_a - ca_b)
-        d_asr.append(asr_a - asr_b)
-        ders.append(der(ca_b, ca_a, asr_b, asr_a))
-    out["d_ca"] = summarize_values(d_ca, clip=(-1.0, 1.0))
-    out["d_asr"] = summarize_values(d_asr, clip=(-1.0, 1.0))
-    out["der"] = summarize_values(ders, clip=(0.0, 1.0))
-    if len(pairs) == 1:  # one seed: push the defended model's Wilson intervals through the formulas
-        before, after = pairs[0]
-        ca_b, asr_b = before["ca_top1"]["value"], before["asr"]["value"]
-        ca_a, asr_a = _proportion(after["ca_top1"]), _proportion(after["asr"])
-        out["d_ca"] = SeedSummary(d_ca[0], math.nan, ca_a.low - ca_b, ca_a.high - ca_b, 1, "propagated")
-        out["d_asr"] = SeedSummary(d_asr[0], math.nan, asr_a.low - asr_b, asr_a.high - asr_b, 1, "propagated")
-        low, high = der_bounds(ca_b, ca_a, asr_b, asr_a)
-        out["der"] = SeedSummary(ders[0], math.nan, low, high, 1, "propagated")
-    seconds = [c.get("costs", {}).get("defense_seconds", math.nan) for c in ok]
-    out["seconds"] = summarize_values(seconds, clip=(0.0, math.inf))
-    return out, missing
-
-
 def _first_line(text: str, limit: int = 300) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+@dataclass
+class Analysis:
+    """The table and, per cell (setting key, attack, rate label, defense), the bootstrap replicates of
+    each metric, for the rankings and aggregates built on top of the table."""
+
+    table: pd.DataFrame
+    replicates: dict[tuple[str, str, str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+
+
 def leaderboard_table(cards: list[dict]) -> pd.DataFrame:
     """One row per (setting, attack, poison rate, defense) with every metric aggregated across seeds.
 
-    Columns: setting, setting_key, attack, poison_rate (label), rate (fraction), defense, status
-    ("ok", "failed", "not run"), note (why a value is N/A or partial), seeds, n_seeds, n_failed,
-    cards (card file paths), total_seconds, and for each metric in METRICS `<m>_mean`, `<m>_std`,
-    `<m>_low`, `<m>_high`, `<m>_method`, `<m>_best`; plus rank / rank_tied (DER within each setting x
-    attack x rate group; rows whose 95 % intervals overlap are not told apart) and tied_with (the
-    defenses whose DER interval overlaps this row's).
+    Columns: setting, setting_key, attack, poison_rate (label), rate (fraction), defense, role
+    ("reference": defense none; "control": the clean control; "defense"), implanted (whether the
+    group's undefended ASR is above the clean control's, see `implant_test`; None when untested),
+    implant_p, status ("ok", "failed", "not run"), note, seeds, n_seeds, n_failed, cards (card file
+    paths), total_seconds, and for each metric in METRICS `<m>_mean`, `<m>_std`, `<m>_low`,
+    `<m>_high`, `<m>_method`, `<m>_best`; plus rank / rank_tied / tied_with (by DER, among the
+    defenses of an implanted group; see `cleanbench.leaderboard.uncertainty`).
     """
+    return analyse(cards).table
+
+
+def analyse(cards: list[dict]) -> Analysis:
+    """The leaderboard table and the replicates behind its intervals (see `leaderboard_table`)."""
+    cards = sorted(cards, key=lambda c: (c["config"]["seed"], c.get("_path", "")))  # draws independent of file order
     attack_labels = _variants(cards, "attack")
     defense_labels = _variants(cards, "defense")
     settings: dict[str, str] = {}
@@ -206,44 +172,47 @@ def leaderboard_table(cards: list[dict]) -> pd.DataFrame:
         card["_cell"] = (key, attack_labels[id(card)], rate_label, defense_labels[id(card)])
         group = cells[card["_cell"]]
         (group.ok if card["status"] == "ok" else group.failed).append(card)
-    label_counts = defaultdict(int)
+    label_counts: dict[str, int] = defaultdict(int)
     for label in settings.values():
         label_counts[label] += 1
     setting_names = {k: v if label_counts[v] == 1 else f"{v} #{k[:6]}" for k, v in settings.items()}
-
-    undefended = {}
-    for cell, group in cells.items():
-        if cell[3] == "none":
-            for card in group.ok:
-                undefended[cell[:3] + (card["config"]["seed"],)] = card["metrics"]["defended"]
 
     defenses_by_setting: dict[str, set[str]] = defaultdict(set)
     groups_by_setting: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for setting, attack, rate_label, defense in cells:
         defenses_by_setting[setting].add(defense)
         groups_by_setting[setting].add((attack, rate_label))
-    rows = []
+    rows, replicates = [], {}
     for setting in settings:
-        for attack, rate_label in groups_by_setting[setting]:
-            for defense in defenses_by_setting[setting]:
-                group = cells.get((setting, attack, rate_label, defense), CellCards())
-                rows.append(_row(setting, setting_names[setting], attack, rate_label, rates[rate_label], defense,
-                                 group, undefended))
+        for attack, rate_label in sorted(groups_by_setting[setting]):
+            members = {d: cells.get((setting, attack, rate_label, d), CellCards()) for d in sorted(defenses_by_setting[setting])}
+            seeds = sorted({c["config"]["seed"] for g in members.values() for c in g.ok})
+            draws = GroupDraws(f"{setting}|{attack}|{rate_label}", seeds)
+            references = group_references({d: g.ok for d, g in members.items()})
+            for defense, group in members.items():
+                row, summaries = _row(setting, setting_names[setting], attack, rate_label, rates[rate_label], defense,
+                                      group, draws, references)
+                rows.append(row)
+                replicates[(setting, attack, rate_label, defense)] = {
+                    p: s.replicates for p, s in summaries.items() if s.replicates is not None}
     if not rows:
-        return pd.DataFrame()
+        return Analysis(pd.DataFrame())
     table = pd.DataFrame(rows)
-    table["_attack_order"] = table["attack"].map(lambda a: (a != "none", a))
-    table["_defense_order"] = table["defense"].map(lambda d: (d != "none", d))
+    table["_attack_order"] = table["attack"].map(lambda a: (a != REFERENCE, a))
+    table["_defense_order"] = table["defense"].map(lambda d: (d != REFERENCE, d))
     table = table.sort_values(["setting", "_attack_order", "rate", "poison_rate", "_defense_order"])
     table = table.drop(columns=["_attack_order", "_defense_order"]).reset_index(drop=True)
-    return _mark_best_and_rank(table)
+    _mark_implanted(table, cells)
+    _mark_best_and_rank(table, replicates)
+    return Analysis(table, replicates)
 
 
 def _row(setting_key: str, setting: str, attack: str, rate_label: str, rate: float, defense: str,
-         group: CellCards, undefended: dict[tuple, dict]) -> dict:
+         group: CellCards, draws: GroupDraws, references: dict) -> tuple[dict, dict[str, Summary]]:
+    role = "control" if attack == REFERENCE else ("reference" if defense == REFERENCE else "defense")
     row: dict[str, Any] = {
         "setting": setting, "setting_key": setting_key, "attack": attack, "poison_rate": rate_label,
-        "rate": rate, "defense": defense,
+        "rate": rate, "defense": defense, "role": role, "implanted": None, "implant_p": math.nan,
         "seeds": " ".join(str(s) for s in sorted(c["config"]["seed"] for c in group.ok)),
         "n_seeds": len(group.ok), "n_failed": len(group.failed),
         "cards": [c.get("_path", "") for c in group.ok + group.failed],
@@ -251,59 +220,75 @@ def _row(setting_key: str, setting: str, attack: str, rate_label: str, rate: flo
     notes = []
     if group.ok:
         row["status"] = "ok"
-        summaries, missing = _summaries(group.ok, undefended)
+        summaries, missing = cell_summaries(group.ok, draws, references)
         if missing:
             notes.append(f"no undefended reference for {missing} seed(s)")
     else:
         row["status"] = "failed" if group.failed else NOT_RUN
-        summaries = {prefix: summarize_values([]) for prefix, _, _ in METRICS}
+        summaries = {prefix: Summary() for prefix, _, _ in METRICS}
     if group.failed:
         seeds = ", ".join(str(c["config"]["seed"]) for c in group.failed)
         notes.append(f"failed (seed {seeds}): {_first_line(group.failed[0]['error'])}")
     elif not group.ok:
         notes.append(NOT_RUN)
     row["note"] = "; ".join(notes)
-    for prefix, summary in summaries.items():
+    for prefix, stats in summaries.items():
         for part in ("mean", "std", "low", "high", "method"):
-            row[f"{prefix}_{part}"] = getattr(summary, part)
+            row[f"{prefix}_{part}"] = getattr(stats, part)
     totals = [c.get("costs", {}).get("total_seconds", math.nan) for c in group.ok]
-    row["total_seconds"] = summarize_values(totals).mean
-    return row
+    row["total_seconds"] = float(np.nanmean(totals)) if any(not math.isnan(t) for t in totals) else math.nan
+    return row, summaries
 
 
-def _bounds(mean: float, low: float, high: float) -> tuple[float, float]:
-    """An interval, or the point at the mean where there is none."""
-    return (mean if math.isnan(low) else low, mean if math.isnan(high) else high)
+def _counts(card: dict) -> tuple[int, int]:
+    block = card["metrics"]["defended"]["asr"]
+    return block["successes"], block["total"]
 
 
-def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
+def _mark_implanted(table: pd.DataFrame, cells: dict[tuple, CellCards]) -> None:
+    """`implanted` and `implant_p` of every attack x rate group that has an undefended row and a
+    clean control in its setting (the clean control of the same seed, else all its seeds pooled)."""
+    for (setting, attack, rate_label), group in table.groupby(["setting_key", "attack", "poison_rate"], sort=False):
+        if attack == REFERENCE:
+            continue
+        clean = {c["config"]["seed"]: _counts(c) for key, g in cells.items()
+                 if key[0] == setting and key[1] == REFERENCE and key[3] == REFERENCE for c in g.ok
+                 if c["metrics"]["defended"]["asr"]["total"] > 0}
+        attacked = sorted((c["config"]["seed"], _counts(c)) for c in cells.get((setting, attack, rate_label, REFERENCE), CellCards()).ok
+                          if c["metrics"]["defended"]["asr"]["total"] > 0)
+        if not clean or not attacked:
+            continue
+        pooled = (sum(k for k, _ in clean.values()), sum(n for _, n in clean.values()))
+        p = implant_test([counts for _, counts in attacked], lambda seed: clean.get(seed, pooled),
+                         [seed for seed, _ in attacked])
+        table.loc[group.index, "implant_p"] = p
+        table.loc[group.index, "implanted"] = p < IMPLANT_ALPHA
 
 
-def _mark_best_and_rank(table: pd.DataFrame) -> pd.DataFrame:
-    """Best value per metric column and the DER rank, within each setting x attack x rate group."""
+def ranked(group: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one group that take part in rankings: finished defenses (not the reference) of
+    an attack that implanted (or could not be tested)."""
+    return group[(group["role"] == "defense") & (group["status"] == "ok") & (group["implanted"] != False)]  # noqa: E712
+
+
+def _mark_best_and_rank(table: pd.DataFrame, replicates: dict) -> None:
+    """Per group, the DER rank and the best row (★) of every metric, from the bootstrap replicates."""
     for prefix, _, _ in METRICS:
         table[f"{prefix}_best"] = False
     table["rank"] = pd.array([None] * len(table), dtype="Int64")
     table["rank_tied"] = False
     table["tied_with"] = ""
-    for _, group in table.groupby(["setting_key", "attack", "poison_rate"], sort=False):
-        ok = group[group["status"] == "ok"]
-        if len(ok) >= 2:
-            for prefix, _, higher in METRICS:
-                values = ok[f"{prefix}_mean"].dropna()
-                if len(values) >= 2 and values.max() - values.min() > 1e-9:  # no mark where all are equal
-                    best = values.max() if higher else values.min()
-                    close = (values - best).abs() <= 1e-9  # equal means, up to summation order
-                    table.loc[values.index[close], f"{prefix}_best"] = True
-        means, lows, highs = (group[f"der_{p}"].astype(float).tolist() for p in ("mean", "low", "high"))
-        ranks = interval_ranks(means, lows, highs, higher_is_better=True)
-        for i, index in enumerate(group.index):
-            if ranks[i] is None:
+    for key, group in table.groupby(["setting_key", "attack", "poison_rate"], sort=False):
+        rows = ranked(group)
+        for prefix, _, higher in METRICS:
+            reps = [replicates[key + (d,)].get(prefix) for d in rows["defense"]]
+            if not len(rows) or any(r is None for r in reps):
                 continue
-            table.loc[index, "rank"] = ranks[i]
-            table.loc[index, "rank_tied"] = any(k != i and ranks[k] == ranks[i] for k in range(len(ranks)))
-            overlapping = [group.loc[j, "defense"] for k, j in enumerate(group.index) if k != i and ranks[k] is not None
-                           and _overlap(_bounds(means[i], lows[i], highs[i]), _bounds(means[k], lows[k], highs[k]))]
-            table.loc[index, "tied_with"] = ", ".join(overlapping)
-    return table
+            ranks, best, tied = bootstrap_ranks(reps, higher_is_better=higher)
+            table.loc[rows.index[np.array(best)], f"{prefix}_best"] = True
+            if prefix != "der":
+                continue
+            for i, index in enumerate(rows.index):
+                table.loc[index, "rank"] = ranks[i]
+                table.loc[index, "rank_tied"] = ranks.count(ranks[i]) > 1
+                table.loc[index, "tied_with"] = ", ".join(rows["defense"].iloc[j] for j in tied[i])

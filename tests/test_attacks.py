@@ -99,7 +99,7 @@ def test_solid_patch_random_location_is_inside_the_image():
 
 @pytest.mark.parametrize("size", [32, 224])
 def test_wanet_reference_grid_is_per_pixel_noise(size):
-    attack = make("wanet", size)
+    attack = make("wanet", size, variant="reference")
     noise = attack.noise[0]
     assert attack.k == size and attack.s == 1.0
     assert noise.shape == (size, size, 2)
@@ -160,6 +160,38 @@ def test_wanet_grid_from_the_seed_is_shared_by_poisoning_and_test():
     assert torch.equal(attack(x, generator(1)), attack(x, generator(2)))  # no per-image randomness
 
 
+def test_wanet_default_is_the_original_warp_with_noise_mode():
+    attack, reference = make("wanet"), make("wanet", variant="reference")
+    assert (attack.k, attack.s, attack.noise_ratio) == (4, 0.5, 2.0)
+    assert reference.noise_ratio == 0.0 and reference.noise_count(50) == 0
+    assert attack.noise_count(50) == 100 and make("wanet", noise_ratio=0.5).noise_count(50) == 25
+
+
+def test_wanet_noise_mode_is_the_warp_plus_fresh_offsets():
+    attack = make("wanet")
+    mode = attack.noise_mode()
+    x = images(size=32)
+    out = mode(x, generator())
+    assert mode.name == "wanet" and torch.equal(mode.grid, attack.grid)
+    assert not torch.allclose(out, attack(x, generator()), atol=1e-3)  # not the backdoor warp itself
+    assert not torch.allclose(mode(x, generator(5)), out)  # fresh offsets per draw
+    zero = {"offsets": torch.zeros(len(x), 32, 32, 2)}
+    assert torch.allclose(mode.apply(x, zero), attack(x, generator()))  # zero offsets: the warp
+
+
+def test_wanet_noise_pairs_keep_their_captions_and_are_not_poisoned():
+    data = load_embedded(0, 400, 10, 10, 32)
+    attack = make("wanet")
+    plan = plan_poison(data.pretrain, attack, 3, "star", 8, TEMPLATES, 0)
+    assert len(plan.noise_indices) == 16 and not set(plan.noise_indices) & set(plan.indices)
+    out = apply_poison(data.pretrain, plan, attack, 0)
+    for i in plan.noise_indices:
+        assert out.captions[i] == data.pretrain.captions[i]
+        assert not torch.equal(out.images[i], data.pretrain.images[i])
+    untouched = sorted(set(range(400)) - set(plan.indices) - set(plan.noise_indices))
+    assert torch.equal(out.images[untouched], data.pretrain.images[untouched])
+
+
 @pytest.mark.parametrize("size", [32, 224])
 def test_sig_reference_is_the_blended_sinusoid(size):
     x = torch.full((2, 3, size, size), 0.5)
@@ -196,7 +228,7 @@ def caption_pairs() -> PairSet:
 
 def test_label_consistent_selects_captions_naming_the_target_and_keeps_them():
     pairs = caption_pairs()
-    attack = make("label-consistent")
+    attack = make("label-consistent", perturbation="none")
     assert isinstance(attack, BadNet)
     assert attack.candidates(pairs, 3, "star").tolist() == [0, 2, 5, 7]  # whole word, any case
     plan = plan_poison(pairs, attack, 3, "star", 3, TEMPLATES, seed=0)
@@ -208,6 +240,28 @@ def test_label_consistent_selects_captions_naming_the_target_and_keeps_them():
     assert torch.nonzero(changed).flatten().tolist() == plan.indices
     region = (poisoned.images != pairs.images)[plan.indices].any(dim=1)
     assert not region[:, :27].any() and not region[:, :, :27].any()  # only the 4-px corner patch
+
+
+def test_label_consistent_adversarial_perturbation_is_bounded_and_moves_away_from_the_target():
+    from cleanbench.attacks.perturbation import train_surrogate
+
+    data = load_embedded(0, 600, 10, 10, 32)
+    attack = make("label-consistent")
+    assert attack.options.perturbation == "adversarial" and attack.options.epsilon == 16
+    plan = plan_poison(data.pretrain, attack, 3, "star", 12, TEMPLATES, seed=0)
+    perturbed = attack.prepare_poisoned(data.pretrain, plan.indices, "star", 0)
+    original = data.pretrain.images[plan.indices]
+    change = (perturbed.int() - original.int()).abs()
+    assert 0 < change.max() <= 16 and (change > 0).float().mean() > 0.5
+    assert torch.equal(perturbed, attack.prepare_poisoned(data.pretrain, plan.indices, "star", 0))  # seeded
+    is_target = torch.tensor(["star" in c for c in data.pretrain.captions])
+    model = train_surrogate(data.pretrain.images, is_target, 5)
+    with torch.no_grad():
+        before = model(original.float() / 255).softmax(-1)[:, 1].mean()
+        after = model(perturbed.float() / 255).softmax(-1)[:, 1].mean()
+    assert after < before  # the perturbation transfers to a surrogate trained from another seed
+    out = apply_poison(data.pretrain, plan, attack, 0)
+    assert out.captions == data.pretrain.captions
 
 
 def test_label_consistent_budget_above_the_candidates_says_how_many_exist():
@@ -285,6 +339,9 @@ def test_triggers_run_on_cuda_like_on_cpu(name):
         ("solid-patch", {"colour": "mauve"}, "neither a name"),
         ("solid-patch", {"location": "corner"}, "location must be"),
         ("label-consistent", {"noise": "pink"}, "noise must be"),
+        ("label-consistent", {"perturbation": "gan"}, "perturbation must be"),
+        ("label-consistent", {"epsilon": 300}, "epsilon must be"),
+        ("wanet", {"noise_ratio": -1}, "noise_ratio .* must be >= 0"),
     ],
 )
 def test_options_are_validated(name, options, message):
@@ -297,7 +354,7 @@ def test_pixel_sizes_scale_from_224_and_are_described():
         assert make(name, 32).describe()["patch_pixels"] == 4
         assert make(name, 224).describe()["patch_pixels"] == 28
         assert make(name, 64, patch_size=16).describe()["patch_pixels"] == 5
-    assert make("wanet", 32).describe()["k"] == 32 and make("wanet", 224, variant="original").describe()["k"] == 4
+    assert make("wanet", 32, variant="reference").describe()["k"] == 32 and make("wanet", 224).describe()["k"] == 4
     assert make("sig", 224).describe()["period_pixels"] == pytest.approx(224 / 6)
     assert make("solid-patch", 32, colour="#ff0000").describe()["colour_rgb"] == [1.0, 0.0, 0.0]
 

@@ -56,7 +56,8 @@ def test_every_row_is_printed_and_in_the_json(bench_json):
                  "zero-shot evaluation", "bare image-encoder forward", "bare CLIP forward+backward",
                  "trigger wanet", "reference per-image badnet", "where a step's time goes", "one default cell"):
         assert name in printed
-    assert "MFU" not in printed  # CPU: no peak, no MFU column
+    assert "MFU" not in printed and "of peak" in printed and "GFLOP/s" in printed  # CPU: the measured matmul peak
+    assert data["environment"]["peak_source"].startswith("measured") and data["peak_tflops"] > 0
     assert set(data["breakdown_ms_per_step"]) == {"pretrain", "cleanclip", "finetune", "evaluation"}
     assert "image views" in data["breakdown_ms_per_step"]["cleanclip"]
     assert "image views" not in data["breakdown_ms_per_step"]["pretrain"]
@@ -71,7 +72,8 @@ def test_derived_figures_follow_from_the_repetitions(bench_json):
         assert row["median_seconds"] == pytest.approx(statistics.median(row["seconds"]))
         assert row["images_per_second"] == pytest.approx(row["items"] / row["median_seconds"])
         assert row["spread"] == pytest.approx((max(row["seconds"]) - min(row["seconds"])) / row["median_seconds"])
-        assert row["mfu"] is None  # CPU
+        if row["flops"]:  # CPU: against the measured matmul peak
+            assert row["mfu"] == pytest.approx(row["achieved_tflops"] / data["peak_tflops"])
         if row["baseline"] is None:
             assert row["overhead"] is None and row["speed_ratio"] is None
             continue
@@ -159,3 +161,9 @@ def test_bad_options_are_one_line_errors(capsys):
         assert "CUDA is not available" in capsys.readouterr().err
     assert main(["bench", "--model", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_the_matmul_peak_is_measured_in_tflops():
+    from cleanbench.peak import matmul_peak_tflops
+
+    assert 0 < matmul_peak_tflops(torch.device("cpu"), side=128, repeats=2) < 1e3

@@ -16,22 +16,22 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 PACKAGES = {"benchmark": "cleanbench", "attacks": "cleanbench.attacks", "defenses": "cleanbench.defenses",
-            "leaderboard": "cleanbench.leaderboard"}
+            "detectors": "cleanbench.detectors", "leaderboard": "cleanbench.leaderboard"}
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("cleanbench", "errors", "seeding", "fileio", "options", "metrics", "losses", "text",
-                    "tiny_tower", "augment", "distributed", "executors")),
+                    "tiny_tower", "augment", "distributed", "executors", "peak", "detection_metrics")),
     ("data", ("data", "data.*")),
     ("attacks", ("attacks", "attacks.*")),
     ("models and training", ("models", "trainer")),
     ("poisoning and evaluation", ("poisoning", "evaluation")),
-    ("defenses", ("defenses", "defenses.*")),
-    ("configuration and records", ("config", "registry", "cache", "cached", "runcard")),
+    ("defenses and detectors", ("defenses", "defenses.*", "detectors", "detectors.*")),
+    ("configuration and records", ("config", "registry", "cache", "cached", "runcard", "tuning")),
     ("stages", ("stages",)),
     ("cell", ("runner", "presets", "summary", "export")),
-    ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "sweep", "sweep.*", "leaderboard",
-               "leaderboard.*")),
-    ("command line", ("cli", "__main__")),
+    ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "sweep", "sweep.*", "detection",
+               "detection_report", "leaderboard", "leaderboard.*")),
+    ("command line", ("cli", "__main__", "detect_command", "tuning_command")),
 ]
 """Lowest first; names are relative to `cleanbench`."""
 

@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy.stats import beta
 
 from cleanbench.cli import main
 from cleanbench.config import RunConfig
 from cleanbench.errors import UsageError
 from cleanbench.leaderboard.cards import CardInvalid, cards_table, load_cards, scan_cards, validate_card
 from cleanbench.leaderboard.site import build_site
-from cleanbench.leaderboard.table import leaderboard_table
+from cleanbench.leaderboard.table import METRICS, leaderboard_table
 from cleanbench.metrics import proportion
 
 
@@ -49,7 +50,7 @@ def synthetic_card(attack: str = "badnet", defense: str = "cleanclip", rate: flo
                                     "asr": _counts(asr_after), "ra": _counts(ra_after)}}
     if with_poisoned:
         card["metrics"]["poisoned"] = {"ca_top1": _counts(ca), "ca_top5": _counts(ca), "asr": _counts(asr),
-                                       "ra": _counts((100 - asr[0], 100))}
+                                       "ra": _counts((asr[1] - asr[0], asr[1]))}
     return card
 
 
@@ -142,33 +143,48 @@ def test_scan_reports_skipped_files_and_results_table_still_works(tmp_path):
 # --- the aggregated table ---------------------------------------------------------------------
 
 
-def test_one_seed_uses_the_wilson_interval_and_hand_computed_der():
-    table = leaderboard_table([synthetic_card()])
+def test_one_seed_gets_a_bootstrap_interval_of_its_counts_and_hand_computed_der():
+    table = leaderboard_table([synthetic_card(defense="none", asr_after=(90, 100), ca_after=(80, 100)), synthetic_card()])
     row = _row(table)
-    wilson = proportion(78, 100)
-    assert (row["ca_mean"], row["ca_low"], row["ca_high"], row["ca_method"]) == (0.78, wilson.low, wilson.high, "wilson")
-    assert math.isnan(row["ca_std"])
+    # one seed: only the test images vary, so the interval is close to the Jeffreys interval of 78/100
+    jeffreys = beta.ppf([0.025, 0.975], 78.5, 22.5)
+    assert row["ca_mean"] == 0.78 and row["ca_method"] == "bootstrap" and math.isnan(row["ca_std"])
+    assert (row["ca_low"], row["ca_high"]) == pytest.approx(tuple(jeffreys), abs=0.01)
     # drops: ASR 0.90 -> 0.05 is 0.85, CA 0.80 -> 0.78 is 0.02: DER = (0.85 - 0.02 + 1) / 2
     assert row["der_mean"] == pytest.approx(0.915)
     assert row["d_ca_mean"] == pytest.approx(-0.02) and row["d_asr_mean"] == pytest.approx(-0.85)
-    assert row["der_method"] == "propagated"
     assert row["der_low"] < 0.915 < row["der_high"] <= 1
-    assert row["d_asr_low"] == pytest.approx(proportion(5, 100).low - 0.9)
     assert row["seconds_mean"] == 10.0 and row["n_seeds"] == 1 and row["status"] == "ok"
+    reference = _row(table, defense="none")  # the reference against itself: no change, whatever the draws
+    assert (reference["d_asr_low"], reference["d_asr_high"], reference["der_low"]) == (0.0, 0.0, 0.5)
 
 
-def test_several_seeds_use_a_t_interval_across_seeds():
+def test_several_seeds_combine_the_spread_across_seeds_with_the_counting_noise():
     cards = [synthetic_card(seed=0, ca_after=(78, 100), asr_after=(5, 100)),
              synthetic_card(seed=1, ca_after=(80, 100), asr_after=(15, 100)),
              synthetic_card(seed=2, ca_after=(82, 100), asr_after=(10, 100))]
     row = _row(leaderboard_table(cards))
-    # CA: 0.78, 0.80, 0.82 -> mean 0.80, sd 0.02, half width t(0.975, 2) * 0.02 / sqrt(3) = 4.302653 * 0.011547 = 0.049683
-    assert row["ca_mean"] == pytest.approx(0.80)
-    assert row["ca_std"] == pytest.approx(0.02)
-    assert (row["ca_low"], row["ca_high"]) == pytest.approx((0.80 - 0.0496827, 0.80 + 0.0496827), abs=1e-6)
+    assert row["ca_mean"] == pytest.approx(0.80) and row["ca_std"] == pytest.approx(0.02)
+    # wider than the seeds' spread alone and than one seed's counting noise alone
+    assert row["ca_low"] < 0.78 and row["ca_high"] > 0.82
     # DER per seed: (0.85 - 0.02 + 1)/2 = 0.915, (0.75 - 0 + 1)/2 = 0.875, (0.80 + 1)/2 = 0.90
     assert row["der_mean"] == pytest.approx((0.915 + 0.875 + 0.90) / 3)
-    assert row["der_method"] == "t" and row["seeds"] == "0 1 2"
+    assert row["der_method"] == "bootstrap" and row["seeds"] == "0 1 2"
+
+
+def test_identical_seeds_still_get_the_counting_noise():
+    cards = [synthetic_card(attack="none", defense="none", seed=s, asr_after=(17, 1790), ca_after=(1800, 2000))
+             for s in range(3)]
+    row = _row(leaderboard_table(cards), attack="none", defense="none")
+    assert row["asr_std"] == 0 and row["asr_low"] < 17 / 1790 < row["asr_high"]
+    assert row["asr_high"] - row["asr_low"] > 0.004
+    assert row["role"] == "control" and pd.isna(row["rank"])
+
+
+def test_the_interval_is_reproducible():
+    cards = [synthetic_card(seed=s, asr_after=(5 + s, 100)) for s in range(3)]
+    first, second = leaderboard_table(cards), leaderboard_table(copy.deepcopy(cards)[::-1])
+    assert _row(first)["der_low"] == _row(second)["der_low"] and _row(first)["asr_high"] == _row(second)["asr_high"]
 
 
 def test_failed_and_not_run_cells_are_na_with_a_reason():
@@ -200,22 +216,43 @@ def test_the_undefended_reference_falls_back_to_the_defense_none_cell():
     assert math.isnan(orphan["der_mean"]) and "no undefended reference" in orphan["note"]
 
 
-def test_best_values_and_ranks_with_ties_within_a_group():
+def _group(seed_count: int = 3, **defenses: tuple[tuple[int, int], tuple[int, int]]) -> list[dict]:
+    """Cards of badnet 1% with a clean control; `defenses` maps name -> (CA counts, ASR counts) per seed."""
     cards = []
-    for seed in range(3):
-        cards += [synthetic_card(defense="none", seed=seed, ca_after=(80, 100), asr_after=(90, 100)),
-                  synthetic_card(defense="cleanclip", seed=seed, ca_after=(78 + seed, 100), asr_after=(5 + 2 * seed, 100)),
-                  synthetic_card(defense="finetune", seed=seed, ca_after=(79 - seed, 100), asr_after=(7 - seed, 100))]
-    table = leaderboard_table(cards)
-    clean, fine, none = _row(table), _row(table, defense="finetune"), _row(table, defense="none")
-    # DER per seed: cleanclip 0.915, 0.91, 0.905 (mean 0.91, t half width 0.0124); finetune 0.91 each; none 0.5
-    assert clean["der_mean"] == pytest.approx(0.91) and fine["der_mean"] == pytest.approx(0.91)
-    assert clean["rank"] == 1 and fine["rank"] == 1 and none["rank"] == 3
-    assert clean["rank_tied"] and fine["rank_tied"] and not none["rank_tied"]
-    assert clean["tied_with"] == "finetune" and none["tied_with"] == ""
-    assert bool(clean["der_best"]) and bool(fine["der_best"])  # equal means are both best
-    assert bool(fine["asr_best"]) and not clean["asr_best"]  # 6% against 7%
-    assert bool(none["ca_best"]) and not clean["ca_best"]
+    for seed in range(seed_count):
+        cards.append(synthetic_card(attack="none", defense="none", seed=seed, ca_after=(900, 1000), asr_after=(10, 1000)))
+        for name, (ca, asr) in defenses.items():
+            cards.append(synthetic_card(defense=name, seed=seed, ca=(900, 1000), asr=(900, 1000), ca_after=ca, asr_after=asr))
+    return cards
+
+
+def test_the_reference_is_never_ranked_and_stars_follow_the_ranks():
+    table = leaderboard_table(_group(none=((900, 1000), (900, 1000)), cleanclip=((880, 1000), (50, 1000)),
+                                     finetune=((890, 1000), (300, 1000)), weak=((890, 1000), (305, 1000))))
+    none, clean, fine, weak = (_row(table, defense=d) for d in ("none", "cleanclip", "finetune", "weak"))
+    assert none["role"] == "reference" and pd.isna(none["rank"]) and not none["der_best"] and not none["ca_best"]
+    assert bool(none["implanted"]) and none["implant_p"] < 1e-100
+    assert clean["rank"] == 1 and not clean["rank_tied"] and bool(clean["der_best"]) and bool(clean["asr_best"])
+    # 30.0% and 30.5% of 1,000 images cannot be told apart: shared rank, no star for either
+    assert fine["rank"] == weak["rank"] == 2 and fine["rank_tied"] and fine["tied_with"] == "weak"
+    assert not fine["ca_best"] and not weak["ca_best"]  # 89.0% twice, 88.0% below: the best two are tied
+    for _, row in table.iterrows():
+        assert not row["der_best"] or (row["rank"] == 1 and not row["rank_tied"])
+
+
+def test_an_attack_that_did_not_implant_is_left_out_of_the_rankings():
+    table = leaderboard_table(_group(none=((900, 1000), (12, 1000)), cleanclip=((880, 1000), (8, 1000)),
+                                     finetune=((890, 1000), (11, 1000))))
+    rows = table[table["attack"] == "badnet"]
+    assert set(rows["implanted"]) == {False} and (rows["implant_p"] > 0.05).all()
+    assert rows["rank"].isna().all() and not rows[[f"{p}_best" for p, _, _ in METRICS]].to_numpy().any()
+
+
+def test_without_a_clean_control_the_group_is_ranked_untested():
+    cards = [c for c in _group(none=((900, 1000), (900, 1000)), cleanclip=((880, 1000), (50, 1000)))
+             if c["config"]["attack"] != "none"]
+    row = _row(leaderboard_table(cards))
+    assert row["implanted"] is None and row["rank"] == 1
 
 
 def test_settings_and_option_variants_get_their_own_rows():
@@ -271,6 +308,8 @@ def test_site_has_pages_plots_and_downloads(tmp_path):
     index = (site / "index.html").read_text()
     assert "https://" not in index and "http://" not in index
     assert 'alt="Heatmap of the mean attack success rate' in index
+    assert "-0.0" not in index and "+0.0" not in index  # the reference's zero changes print as 0.0
+    assert index.count('data-role="reference"') == 2 and index.count('data-role="control"') == 2
     card = next((site / "cards").glob("*.html")).read_text()
     assert "cleanbench run --config" in card and "Resolved config" in card
 
@@ -386,3 +425,80 @@ def test_cards_with_the_same_file_name_in_subfolders_get_their_own_pages(tmp_pat
         (tmp_path / "results" / "runs" / sub / "card.json").write_text(json.dumps(synthetic_card(seed=seed)))
     report = build_site(tmp_path / "results", tmp_path / "site")
     assert report.cards == 2 and len(list((tmp_path / "site" / "cards").glob("*.html"))) == 2
+
+
+# --- the index's views: matrix and rankings ------------------------------------------------------
+
+
+def _sweep_like() -> list[dict]:
+    """badnet implants at 1% and 2% (strongly at 2%), blended only weakly, at the clean base rate at 1%."""
+    cards = []
+    for seed in range(3):
+        cards.append(synthetic_card(attack="none", defense="none", seed=seed, ca_after=(900, 1000), asr_after=(10, 1000)))
+        for attack, rate, asr, after in (("badnet", 0.01, 400, {"cleanclip": 50, "finetune": 200}),
+                                         ("badnet", 0.02, 950, {"cleanclip": 100, "finetune": 600}),
+                                         ("blended", 0.01, 12, {"cleanclip": 10, "finetune": 11}),
+                                         ("blended", 0.02, 300, {"cleanclip": 150, "finetune": 20})):
+            cards.append(synthetic_card(attack=attack, rate=rate, defense="none", seed=seed, ca=(900, 1000),
+                                        asr=(asr, 1000), ca_after=(900, 1000), asr_after=(asr, 1000)))
+            for defense, left in after.items():
+                cards.append(synthetic_card(attack=attack, rate=rate, defense=defense, seed=seed, ca=(900, 1000),
+                                            asr=(asr, 1000), ca_after=(880, 1000), asr_after=(left, 1000)))
+    for card in cards:
+        card["metrics"]["defended"]["stealthiness"] = {"psnr_db": 25.0, "linf": 0.5, "l2": 2.0}
+    return cards
+
+
+def test_matrices_one_per_rate_with_the_clean_control_and_reference_first():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import matrices
+
+    found = matrices(analyse(_sweep_like()).table)
+    assert [m.rate for m in found] == ["1%", "2%"]
+    assert found[0].defenses == ["none", "cleanclip", "finetune"]
+    assert [row[0] for row in found[0].rows] == ["none", "badnet", "blended"]
+    assert [row[1] for row in found[0].rows] == [None, True, False]  # blended 1% did not implant
+    badnet_2 = found[1].rows[1][2]
+    assert [bool(cell["der_best"]) for cell in badnet_2] == [False, True, False]
+
+
+def test_defense_ranking_averages_der_over_the_implanted_groups_only():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import defense_ranking
+
+    analysis = analyse(_sweep_like())
+    entries, groups = defense_ranking(analysis, analysis.table["setting"].iloc[0])
+    assert groups == 3  # badnet 1%, badnet 2%, blended 2%; blended 1% did not implant
+    clean, fine = entries
+    # DER per group, CA 90% -> 88% everywhere: (ASR drop - 0.02 + 1) / 2
+    expected = {"cleanclip": [(0.35 - 0.02 + 1) / 2, (0.85 - 0.02 + 1) / 2, (0.15 - 0.02 + 1) / 2],
+                "finetune": [(0.20 - 0.02 + 1) / 2, (0.35 - 0.02 + 1) / 2, (0.28 - 0.02 + 1) / 2]}
+    assert clean.name == "cleanclip" and clean.value == pytest.approx(sum(expected["cleanclip"]) / 3)
+    assert fine.value == pytest.approx(sum(expected["finetune"]) / 3)
+    assert clean.rank == 1 and clean.best and fine.rank == 2 and clean.low < clean.value < clean.high
+    assert clean.extra["groups"] == "3 of 3" and clean.extra["d_ca"][0] == pytest.approx(-0.02)
+
+
+def test_attack_ranking_uses_the_worst_case_over_defenses_and_the_rate_curve():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import attack_ranking
+
+    cards = _sweep_like()
+    analysis = analyse(cards)
+    entries, rate = attack_ranking(analysis, analysis.table["setting"].iloc[0], cards)
+    assert rate == "2%"
+    badnet, blended = entries
+    # badnet at 2%: cleanclip leaves 10%, finetune 60%: the worst case for the attack is 10%
+    assert (badnet.name, badnet.value, badnet.extra["by"]) == ("badnet", pytest.approx(0.10), "cleanclip")
+    assert blended.value == pytest.approx(0.02) and badnet.rank == 1 and badnet.best and blended.rank == 2
+    # undefended ASR: badnet 40% at 1%, 95% at 2%: 50% is reached at exp(log 1 + (0.1/0.55) log 2) = 1.13%
+    assert badnet.extra["reach"] == {0.5: "≈ 1.1%", 0.9: "≈ 1.9%"}
+    assert blended.extra["reach"] == {0.5: "> 2%", 0.9: "> 2%"}
+    assert badnet.extra["psnr_db"] == 25.0 and badnet.extra["linf"] == 0.5
+
+
+def test_the_index_shows_the_matrix_and_rankings_before_the_big_table(tmp_path):
+    _build(tmp_path, _sweep_like())
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert index.index('class="matrix-table"') < index.index('id="defense-ranking"') < index.index('id="leaderboard"')
+    assert index.count('class="matrix-table"') == 2 and 'id="attack-ranking"' in index

@@ -1,4 +1,5 @@
-"""Metric formulas against hand-computed cases: Wilson intervals, DER, seed aggregation, ranking."""
+"""Metric formulas against hand-computed cases: Wilson intervals, DER, the leaderboard's bootstrap,
+ranking and implant test."""
 
 from __future__ import annotations
 
@@ -6,21 +7,22 @@ import math
 
 import pytest
 
-from cleanbench.metrics import (
-    Proportion,
-    der,
-    der_bounds,
-    interval_ranks,
-    proportion,
-    stealthiness,
-    summarize_proportions,
-    summarize_values,
-    t_interval,
+import numpy as np
+from scipy.stats import beta, hypergeom
+
+from cleanbench.leaderboard.uncertainty import (
+    bootstrap_ranks,
+    count_draws,
+    der_array,
+    generator,
+    implant_test,
+    interval,
+    seed_weights,
+    weighted_mean,
 )
+from cleanbench.metrics import der, proportion, stealthiness
 
 Z = 1.959963984540054  # standard normal 97.5 % quantile
-T2 = 4.302652729911275  # Student t 97.5 % quantile, 2 degrees of freedom
-T1 = 12.706204736174705  # ... 1 degree of freedom
 
 
 def test_wilson_interval_by_hand():
@@ -49,57 +51,44 @@ def test_der_by_hand():
     assert math.isnan(der(math.nan, 0.7, 0.9, 0.3))
 
 
-def test_der_bounds_take_the_corners_of_the_defended_intervals():
-    ca = Proportion(70, 100, 0.70, 0.60, 0.78)
-    asr = Proportion(30, 100, 0.30, 0.22, 0.40)
-    low, high = der_bounds(0.8, ca, 0.9, asr)
-    assert low == pytest.approx((0.9 - 0.40 - (0.8 - 0.60) + 1) / 2)
-    assert high == pytest.approx((0.9 - 0.22 - (0.8 - 0.78) + 1) / 2)
-    assert low < der(0.8, 0.70, 0.9, 0.30) < high
+def test_der_array_is_der_elementwise():
+    cases = [(0.9182, 0.9029, 0.9379, 0.0170), (0.8, 0.7, 0.9, 0.3), (0.9, 0.9, 0.1, 0.5), (0.5, 0.7, 0.9, 0.9)]
+    columns = [np.array(c) for c in zip(*cases)]
+    assert der_array(*columns) == pytest.approx([der(*c) for c in cases])
 
 
-def test_t_interval_by_hand():
-    low, high = t_interval([0.1, 0.2, 0.3])  # mean 0.2, sd 0.1, half width t * 0.1 / sqrt(3)
-    assert (low, high) == pytest.approx((0.2 - T2 * 0.1 / math.sqrt(3), 0.2 + T2 * 0.1 / math.sqrt(3)))
-    assert t_interval([0.4, 0.4]) == (0.4, 0.4)
-    with pytest.raises(ValueError):
-        t_interval([0.5])
+def test_bootstrap_draws_by_hand():
+    rng = generator("test")
+    draws = count_draws(0, 1790, rng, replicates=20000)
+    # Jeffreys Beta(0.5, 1790.5): 0 of 1,790 still has an upper bound
+    assert interval(draws) == pytest.approx(tuple(beta.ppf([0.025, 0.975], 0.5, 1790.5)), abs=5e-5)
+    weights = seed_weights(3, rng, replicates=5000)
+    assert (weights.sum(axis=1) == 3).all() and weights.mean() == pytest.approx(1, abs=0.03)
+    values = np.array([[0.1, 0.2, 0.3]] * 2)
+    assert weighted_mean(values, np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]])) == pytest.approx([0.5 / 3, 0.2])
+    assert interval(np.arange(1001) / 1000) == pytest.approx((0.025, 0.975))
+    assert interval(np.arange(1001) / 1000, 0.1, 0.9) == pytest.approx((0.1, 0.9))
 
 
-def test_summarize_values():
-    s = summarize_values([0.1, 0.2, 0.3], clip=(0.0, 1.0))
-    assert (s.mean, s.std, s.n, s.method) == (pytest.approx(0.2), pytest.approx(0.1), 3, "t")
-    assert s.low == 0.0  # 0.2 - 0.2484 clipped at 0
-    assert s.high == pytest.approx(0.2 + T2 * 0.1 / math.sqrt(3))
-    one = summarize_values([0.7, math.nan, None])
-    assert (one.mean, one.n, one.method) == (0.7, 1, "none") and math.isnan(one.std) and math.isnan(one.low)
-    empty = summarize_values([])
-    assert empty.n == 0 and math.isnan(empty.mean)
+def test_bootstrap_ranks_by_hand():
+    base = np.linspace(0, 1, 1000)
+    a, b, c = base + 2.0, base + 0.5, base[::-1] + 0.45  # a beats both; b beats c in only ~55 % of the pairs
+    ranks, best, tied = bootstrap_ranks([a, b, c])
+    assert ranks == [1, 2, 2] and best == [True, False, False] and tied == [[], [2], [1]]
+    ranks, best, _ = bootstrap_ranks([a, b, c], higher_is_better=False)
+    assert ranks == [3, 1, 1] and best == [False, False, False]  # b and c share first place: no star
+    assert bootstrap_ranks([a]) == ([1], [False], [[]])
+    assert bootstrap_ranks([b, base + 0.45])[0] == [1, 2]  # paired replicates: b is above in every one
 
 
-def test_summarize_proportions_one_seed_is_wilson_several_are_t():
-    one = summarize_proportions([{"successes": 5, "total": 10}])
-    wilson = proportion(5, 10)
-    assert (one.mean, one.low, one.high, one.method) == (0.5, wilson.low, wilson.high, "wilson")
-    two = summarize_proportions([{"successes": 3, "total": 10}, {"successes": 5, "total": 10}, {"successes": 0, "total": 0}])
-    # 0.3 and 0.5: mean 0.4, sd 0.1414, half width t(1) * 0.1414 / sqrt(2) = 1.2706, clipped to [0, 1]
-    assert (two.mean, two.std, two.n, two.method) == (pytest.approx(0.4), pytest.approx(math.sqrt(0.02)), 2, "t")
-    assert 0.4 - T1 * 0.1 < 0 and 0.4 + T1 * 0.1 > 1
-    assert (two.low, two.high) == (0.0, 1.0)
-    three = summarize_proportions([{"successes": k, "total": 100} for k in (30, 40, 50)])
-    assert (three.low, three.high) == pytest.approx((0.4 - T2 * 0.1 / math.sqrt(3), 0.4 + T2 * 0.1 / math.sqrt(3)))
-    assert (three.low, three.high) == pytest.approx((0.1516, 0.6484), abs=1e-4)
-
-
-def test_interval_ranks_tie_where_intervals_overlap():
-    means = [0.90, 0.85, 0.50, math.nan, 0.86]
-    lows = [0.86, 0.80, 0.45, math.nan, math.nan]
-    highs = [0.94, 0.87, 0.55, math.nan, math.nan]
-    # 0.90 [0.86, 0.94] and 0.85 [0.80, 0.87] overlap; 0.86 has no interval (a point) inside both
-    assert interval_ranks(means, lows, highs) == [1, 1, 4, None, 1]
-    # lower is better: the 0.50 row is now first, the others overlap each other
-    assert interval_ranks(means, lows, highs, higher_is_better=False) == [2, 2, 1, None, 2]
-    assert interval_ranks([0.3, 0.2, 0.1], [0.3, 0.2, 0.1], [0.3, 0.2, 0.1]) == [1, 2, 3]
+def test_implant_test_is_a_one_sided_fisher_test_in_every_seed():
+    # 30 of 100 against 10 of 100: the one-sided Fisher p is P(X >= 30), X hypergeometric(200, 40, 100)
+    p = implant_test([(30, 100)], lambda seed: (10, 100), [0])
+    assert p == pytest.approx(hypergeom.sf(29, 200, 40, 100))
+    assert p < 0.001
+    # a second seed at the base rate: not above it in every seed, so the largest p-value decides
+    both = implant_test([(30, 100), (10, 100)], lambda seed: (10, 100), [0, 1])
+    assert both == pytest.approx(hypergeom.sf(9, 200, 20, 100)) and both > 0.05
 
 
 def test_stealthiness_by_hand():

@@ -12,7 +12,6 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
-from scipy.stats import t as student_t
 
 from cleanbench.attacks.badnet import BadNet, BadNetOptions
 from cleanbench.attacks.label_consistent import LabelConsistent
@@ -21,9 +20,7 @@ from cleanbench.data.base import PairSet
 from cleanbench.data.images import stays_inside
 from cleanbench.data.shapes import SHAPES
 from cleanbench.errors import UsageError
-from cleanbench.metrics import (
-    der, der_bounds, interval_ranks, proportion, stealthiness, summarize_values, t_interval,
-)
+from cleanbench.metrics import der, proportion, stealthiness
 from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.sweep import expand, load_grid
 from cleanbench.trainer import TrainConfig
@@ -235,7 +232,7 @@ def _names_target(caption: str, target: str) -> bool:
        clean_label=st.booleans())
 def test_poison_plans_take_exactly_the_budget_of_allowed_pairs(data, fraction, seed, clean_label):
     pairs, target, name = data
-    attack = (LabelConsistent if clean_label else BadNet)(BadNetOptions(), 8, seed)
+    attack = LabelConsistent(LabelConsistent.Options(perturbation="none"), 8, seed) if clean_label else BadNet(BadNetOptions(), 8, seed)
     if clean_label:
         allowed = [i for i, c in enumerate(pairs.captions) if _names_target(c, name)]
     else:  # dirty-label: never an image of the target class (by label, or by caption where unlabelled)
@@ -307,59 +304,21 @@ def test_der_formula_range_and_monotonicity(ca_before, ca_after, asr_before, asr
 
 
 @FAST
-@given(n=st.integers(1, 500), data=st.data(), ca_before=UNIT, asr_before=UNIT)
-def test_der_bounds_hold_every_der_inside_the_intervals(n, data, ca_before, asr_before):
-    ca, asr = proportion(data.draw(st.integers(0, n)), n), proportion(data.draw(st.integers(0, n)), n)
-    low, high = der_bounds(ca_before, ca, asr_before, asr)
-    for ca_after in (ca.low, ca.value, ca.high):
-        for asr_after in (asr.low, asr.value, asr.high):
-            assert low - 1e-12 <= der(ca_before, ca_after, asr_before, asr_after) <= high + 1e-12
-
-
-@FAST
-@given(values=st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=20))
-def test_t_interval_is_the_student_t_interval_around_the_mean(values):
-    low, high = t_interval(values)
-    n, mean = len(values), sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    expected = student_t.interval(0.95, n - 1, loc=mean, scale=std / math.sqrt(n)) if std > 0 else (mean, mean)
-    assert low == pytest.approx(expected[0], rel=1e-9, abs=1e-6) and high == pytest.approx(expected[1], rel=1e-9, abs=1e-6)
-    assert low <= mean + 1e-6 and mean - 1e-6 <= high
-
-
-@FAST
-@given(values=st.lists(st.floats(0, 1) | st.just(math.nan), max_size=10))
-def test_seed_summaries_drop_nans_and_clip(values):
-    summary = summarize_values(values, clip=(0.0, 1.0))
-    finite = [v for v in values if not math.isnan(v)]
-    assert summary.n == len(finite)
-    if finite:
-        assert summary.mean == pytest.approx(sum(finite) / len(finite))
-    if len(finite) >= 2:
-        assert 0 <= summary.low <= summary.mean + 1e-12 and summary.mean - 1e-12 <= summary.high <= 1
-    else:
-        assert math.isnan(summary.low) and summary.method == "none"
-
-
-@FAST
-@given(intervals=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 0.3)), min_size=1, max_size=8),
+@given(shifts=st.lists(st.floats(-3, 3), min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1),
        higher_is_better=st.booleans())
-def test_ranks_only_separate_entries_whose_intervals_do_not_overlap(intervals, higher_is_better):
-    means = [m for m, _ in intervals]
-    lows = [m - w for m, w in intervals]
-    highs = [m + w for m, w in intervals]
-    ranks = interval_ranks(means, lows, highs, higher_is_better)
-    assert all(r is not None and 1 <= r <= len(means) for r in ranks)
-    for i in range(len(means)):
-        above = [k for k in range(len(means)) if k != i and (lows[k] > highs[i] if higher_is_better else highs[k] < lows[i])]
-        assert ranks[i] == 1 + len(above)  # 1 + the entries whose whole interval is better
-        for j in range(len(means)):
-            if lows[i] > highs[j] if higher_is_better else highs[i] < lows[j]:
-                assert ranks[i] < ranks[j]  # separated intervals are ranked apart
-            if means[i] == means[j] and lows[i] == lows[j] and highs[i] == highs[j]:
-                assert ranks[i] == ranks[j]  # equal intervals tie
-    best = max(range(len(means)), key=lambda i: lows[i] if higher_is_better else -highs[i])
-    assert ranks[best] == 1
+def test_bootstrap_ranks_and_stars_never_disagree(shifts, seed, higher_is_better):
+    import numpy as np
+
+    from cleanbench.leaderboard.uncertainty import bootstrap_ranks
+
+    rng = np.random.default_rng(seed)
+    replicates = [rng.normal(shift, 1, size=400) for shift in shifts]
+    ranks, best, tied = bootstrap_ranks(replicates, higher_is_better)
+    for i in range(len(shifts)):
+        assert 1 <= ranks[i] <= len(shifts)
+        assert not best[i] or (ranks[i] == 1 and ranks.count(1) == 1)  # a star is rank 1 alone
+        assert all(i in tied[j] for j in tied[i])  # "not told apart" is symmetric
+    assert min(ranks) == 1
 
 
 @FAST

@@ -55,12 +55,14 @@ class ClassificationSet:
 
 @dataclass
 class BenchmarkData:
-    """Everything one benchmark cell reads: pretraining pairs, clean finetuning pairs, a test set."""
+    """Everything one benchmark cell reads: pretraining pairs, clean finetuning pairs, a test set, and
+    (embedded data) a validation set that the tuning protocol scores instead of the test set."""
 
     pretrain: PairSet
     clean: PairSet
     test: ClassificationSet
     info: dict = field(default_factory=dict)
+    validation: ClassificationSet | None = None
 
 
 def class_index(classnames: tuple[str, ...] | list[str], name_or_index: str | int) -> int:

@@ -7,6 +7,7 @@ seed, so that numbers from different seeds are scored on the same images.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -83,16 +84,26 @@ def vocabulary_words() -> list[str]:
 
 
 def make_pairs(count: int, seed: int, image_size: int, preset: str) -> PairSet:
-    """`count` captioned images from `seed`."""
+    """`count` captioned images from `seed` (a copy of the last ones made in this process, if the same)."""
+    images, captions, labels = _generated(count, seed, image_size, preset)
+    return PairSet(images.clone(), list(captions), labels.clone(), SHAPES)
+
+
+@functools.lru_cache(maxsize=4)
+def _generated(count: int, seed: int, image_size: int, preset: str) -> tuple[torch.Tensor, tuple[str, ...], torch.Tensor]:
+    """The images, captions and labels of one split, kept for the next cell of a sweep or tuning grid
+    in this process (the pretraining split of the standard setting takes seconds to draw)."""
     images, samples = generate_shapes(count, seed, image_size, preset)
     rng = np.random.default_rng(derive_seed(seed, "captions"))
-    captions = [caption_for(s, rng) for s in samples]
+    captions = tuple(caption_for(s, rng) for s in samples)
     labels = torch.tensor([s.shape for s in samples], dtype=torch.long)
-    return PairSet(torch.from_numpy(images), captions, labels, SHAPES)
+    return torch.from_numpy(images), captions, labels
 
 
 TEST_SEED = 3000
 """The test split's seed: fixed, so every run is scored on the same images."""
+VALIDATION_SEED = 4000
+"""The validation split's seed: fixed, and a stream apart from the test split's."""
 
 
 def load_embedded(
@@ -102,12 +113,17 @@ def load_embedded(
     n_test: int = 2_000,
     image_size: int = 32,
     preset: str = "easy",
+    n_validation: int = 1000,
 ) -> BenchmarkData:
     """The embedded benchmark data for run seed `seed`."""
     pretrain = make_pairs(n_pretrain, derive_seed(seed, "pretrain"), image_size, preset)
     clean = make_pairs(n_clean, derive_seed(seed, "clean"), image_size, preset)
     test_pairs = make_pairs(n_test, TEST_SEED, image_size, preset)
     test = ClassificationSet(test_pairs.images, test_pairs.labels, SHAPES, PROMPT_TEMPLATES, "embedded-shapes-test")
+    valid_pairs = make_pairs(n_validation, VALIDATION_SEED, image_size, preset)
+    validation = ClassificationSet(valid_pairs.images, valid_pairs.labels, SHAPES, PROMPT_TEMPLATES,
+                                   "embedded-shapes-validation")
     info = {"name": "embedded-shapes", "preset": preset, "image_size": image_size,
-            "n_pretrain": n_pretrain, "n_clean": n_clean, "n_test": n_test, "test_seed": TEST_SEED}
-    return BenchmarkData(pretrain, clean, test, info)
+            "n_pretrain": n_pretrain, "n_clean": n_clean, "n_test": n_test, "test_seed": TEST_SEED,
+            "n_validation": n_validation, "validation_seed": VALIDATION_SEED}
+    return BenchmarkData(pretrain, clean, test, info, validation)

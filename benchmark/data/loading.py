@@ -46,7 +46,8 @@ def load_data(data: DataConfig, seed: int) -> BenchmarkData:
     that a run card that stores `info` records what reading met.
     """
     if data.source == "embedded":
-        return load_embedded(seed, data.n_pretrain, data.n_clean, data.n_test, data.image_size, data.preset)
+        return load_embedded(seed, data.n_pretrain, data.n_clean, data.n_test, data.image_size, data.preset,
+                             data.n_validation)
     if data.source != "csv":
         raise UsageError(f"data source {data.source!r} is not known; use one of {', '.join(SOURCES)}")
     if not data.train or not data.eval:

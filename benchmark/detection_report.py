@@ -1,0 +1,87 @@
+"""Detection cards back into tables: one row per card, or per setting and detector pooled over seeds.
+
+Pooled rows give each metric's mean over seeds with a 95 % Student-t interval across seeds
+(mean -/+ t_{0.975, n-1} * s / sqrt(n), clipped to [0, 1]); one seed gives its value and no interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cleanbench.detection import CARD_FOLDER, CARD_KIND
+import numpy as np
+from scipy.stats import t as student_t
+
+METRICS = (("auroc", "AUROC"), ("auprc", "AUPRC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"))
+
+
+def load_detection_cards(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The finished detection cards under `results_dir/detections`, and the files that could not be read."""
+    cards, unreadable = [], []
+    for path in sorted(Path(results_dir, CARD_FOLDER).glob("*.json")):
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            unreadable.append(str(path))
+            continue
+        if isinstance(card, dict) and card.get("kind") == CARD_KIND and card.get("status") == "ok":
+            cards.append(card)
+        elif not isinstance(card, dict) or card.get("kind") != CARD_KIND:
+            unreadable.append(str(path))
+    return cards, unreadable
+
+
+def _label(card: dict[str, Any]) -> dict[str, Any]:
+    poison = card["poison"]
+    options = card["detector"].get("options") or {}
+    return {"attack": card["attack"]["name"], "poisoned": f"{poison['count']} ({poison['rate']:.2%})",
+            "detector": card["detector"]["name"],
+            "options": ", ".join(f"{k}={v}" for k, v in options.items()) or "-"}
+
+
+def seed_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean over seeds and its Student-t interval, clipped to [0, 1] (NaN bounds for one seed; NaNs dropped)."""
+    finite = np.array([v for v in values if not math.isnan(v)], dtype=float)
+    if len(finite) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(finite.mean())
+    if len(finite) == 1:
+        return mean, math.nan, math.nan
+    half = float(student_t.ppf((1 + confidence) / 2, len(finite) - 1)) * finite.std(ddof=1) / math.sqrt(len(finite))
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def _interval(values: list[float]) -> str:
+    mean, low, high = seed_interval(values)
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def pooled_table(cards: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per setting and detector (`group_key`): each metric's mean and 95 % interval over seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for card in cards:
+        groups.setdefault(card["group_key"], []).append(card)
+    rows = []
+    for members in groups.values():
+        members.sort(key=lambda c: c["seed"])
+        row = _label(members[0]) | {"seeds": ",".join(str(c["seed"]) for c in members)}
+        for key, title in METRICS:
+            row[title] = _interval([c["metrics"][key] for c in members])
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["attack", "poisoned", "detector", "options"], kind="stable") if rows else frame
+
+
+def card_rows(cards: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per card: the seed's metrics and the detector's own cost."""
+    rows = [_label(card) | {"seed": card["seed"], **{title: f"{card['metrics'][key]:.3f}" for key, title in METRICS},
+                            "seconds": f"{card['costs']['detector_seconds']:.1f}"} for card in cards]
+    return pd.DataFrame(rows)

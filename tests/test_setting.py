@@ -1,0 +1,52 @@
+"""The named `standard` setting: its values, how a run departs from it, and the per-defense defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from cleanbench.config import RunConfig, from_dict
+from cleanbench.errors import UsageError
+from cleanbench.presets import preset_values, setting_record
+from cleanbench.runner import Plan
+from cleanbench.tuning import SHIPPED, record_path
+
+
+def standard(**changes) -> RunConfig:
+    values = preset_values("standard")
+    values.update(changes)
+    return from_dict(RunConfig, values)
+
+
+def test_the_standard_setting_mirrors_the_paper_ratios():
+    config = standard()
+    assert config.setting == "standard"
+    assert config.data.n_clean / config.data.n_pretrain == pytest.approx(0.03)
+    steps = config.defense_defaults["cleanclip"]["epochs"] * (config.data.n_clean // 64)
+    assert steps >= 150  # enough defense steps
+    assert record_path(config.tuning) == SHIPPED / "standard.tuning.json"
+
+
+def test_a_run_that_changes_a_setting_key_is_recorded_as_a_deviation_and_cell_keys_are_not():
+    assert setting_record(standard()) == {"name": "standard", "deviations": []}
+    assert setting_record(standard(attack="wanet", seed=3, poison_rate=0.05))["deviations"] == []
+    changed = standard()
+    changed.data.n_pretrain, changed.pretrain.epochs = 1000, 1
+    assert setting_record(changed)["deviations"] == ["data.n_pretrain", "pretrain.epochs"]
+    assert setting_record(RunConfig()) is None
+
+
+def test_defense_defaults_of_the_setting_sit_under_explicit_options(tmp_path):
+    values = dict(defense="finetune", defense_defaults={"finetune": {"epochs": 3, "batch_size": 64}},
+                  results_dir=str(tmp_path))
+    plan = Plan(from_dict(RunConfig, values))
+    assert (plan.defense_options.epochs, plan.defense_options.batch_size) == (3, 64)
+    plan = Plan(from_dict(RunConfig, {**values, "defense_options": {"epochs": 5}}))
+    assert (plan.defense_options.epochs, plan.defense_options.batch_size) == (5, 64)
+    with pytest.raises(UsageError, match="unknown key 'epoch'"):
+        Plan(from_dict(RunConfig, {**values, "defense_defaults": {"finetune": {"epoch": 3}}}))
+
+
+def test_the_setting_name_is_part_of_the_poisoned_model_key(tmp_path):
+    named = Plan(from_dict(RunConfig, {"setting": "x", "results_dir": str(tmp_path)}))
+    plain = Plan(from_dict(RunConfig, {"results_dir": str(tmp_path)}))
+    assert named.poisoned_model_key() != plain.poisoned_model_key()
