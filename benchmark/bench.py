@@ -32,7 +32,7 @@ the measured float32 matmul peak of this device on these threads (`cleanbench.pe
 The cell estimate takes the defaults of `cleanbench run` (data sizes, epochs, CleanCLIP) with this
 model, batch size and image size: data generation, model build, poisoning and tokenisation scale
 with the number of pairs; pretraining and the defense are steps times the median step; the two
-evaluations are images over the evaluation's speed; WordNet is read once per process.
+evaluations are images over the evaluation's speed; the synonym table is read once per process.
 
 `--reference-triggers` adds the comparison of `cleanbench.trigger_bench`: the reference's per-image
 PIL triggers at 224 px on the CPU against cleanbench's batched uint8 path with the options that
@@ -63,7 +63,7 @@ from torchvision.transforms.functional import to_pil_image, to_tensor
 
 from cleanbench import stages
 from cleanbench.attacks.base import Attack, trigger_uint8
-from cleanbench.augment import ImageView, image_view, load_wordnet
+from cleanbench.augment import ImageView, image_view
 from cleanbench.config import RunConfig
 from cleanbench.data.base import ClassificationSet, PairSet, class_index
 from cleanbench.data.embedded import load_embedded
@@ -78,6 +78,7 @@ from cleanbench.models import TINY_MODEL, build_model, check_model, input_size
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.runner import resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
+from cleanbench.synonyms import embedded_table
 from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig, decay_groups, train
 from cleanbench.trigger_bench import REFERENCE_OPTIONS, SIDE, reference_triggers
 
@@ -300,12 +301,12 @@ class _Bench:
         seed_everything(derive_seed(cfg.seed, "init"))
         self.bundle = build_model(cfg.model, None, str(self.device))
         self.once["model_build_seconds"] = time.perf_counter() - start
-        if load_wordnet.cache_info().currsize == 0:
+        if embedded_table.cache_info().currsize == 0:
             start = time.perf_counter()
-            load_wordnet()
-            self.once["wordnet_load_seconds"] = time.perf_counter() - start
+            embedded_table()
+            self.once["synonyms_load_seconds"] = time.perf_counter() - start
         else:
-            self.once["wordnet_load_seconds"] = 0.0  # already read by this process
+            self.once["synonyms_load_seconds"] = 0.0  # already read by this process
         inputs = stages.PoisonInput(self.pretrain, self.attack, self.target, self.test.classnames[self.target],
                                     self.test.templates, cfg.seed, c.poison_rate, c.poison_count)
 
@@ -573,7 +574,7 @@ def _estimate(result: BenchResult, bench: _Bench) -> dict[str, float]:
         "tokenise": per_item("setup:tokenise") * n_pretrain,
         "pretraining": c.pretrain.epochs * (n_pretrain // bench.batch) * step("train:pretrain"),
         "evaluations (2)": 2 * evaluated * per_item("eval:evaluate"),
-        "defense setup": once["wordnet_load_seconds"] + per_item("setup:cleanclip") * n_clean,
+        "defense setup": once["synonyms_load_seconds"] + per_item("setup:cleanclip") * n_clean,
         "defense (cleanclip)": defense.epochs * (n_clean // bench.batch) * step("train:cleanclip"),
     }
     parts["total"] = sum(parts.values())

@@ -16,16 +16,22 @@ from typing import Any
 
 from torch import nn
 
-from cleanbench import distributed
+from cleanbench import distributed, environment
 from cleanbench.cache import EVALUATIONS, ArtifactCache
 
 
 class CellCache:
-    """The cell's artifacts in `cache` (None: nothing is reused or stored), by name."""
+    """The cell's artifacts in `cache` (None: nothing is reused or stored), by name.
 
-    def __init__(self, cache: ArtifactCache | None, keys: dict[str, str]) -> None:
+    `made_in` is the environment of this run (`environment.current`): stored models keep it, and a
+    model reused from another environment is reported through `note` (one line)."""
+
+    def __init__(self, cache: ArtifactCache | None, keys: dict[str, str], made_in: dict[str, Any] | None = None,
+                 note: Callable[[str], None] = lambda text: None) -> None:
         self.cache = cache
         self.keys = keys
+        self.made_in = made_in
+        self.note = note
         self.record: dict[str, Any] = {}
         for name, key in keys.items():
             self.record[name] = key
@@ -55,7 +61,8 @@ class CellCache:
         if model is None:
             self.cache.save_json(kind, self.keys[name], value)
         else:
-            self.cache.save(kind, self.keys[name], model, value)
+            made_in = {"environment": self.made_in} if self.made_in is not None else {}
+            self.cache.save(kind, self.keys[name], model, {**value, **made_in})
 
     def run(self, kind: str, name: str, stage: Callable[[], dict], model: nn.Module | None = None) -> tuple[dict, bool]:
         """The stored result of artifact `name` or `stage()` stored under its key; and whether it was reused.
@@ -68,6 +75,11 @@ class CellCache:
             found, stored = self._load(kind, name, model)
             if found:
                 self.record[f"{name}_reused"] = True
+                if model is not None and self.made_in is not None:
+                    what = f"the cached {name.replace('_', ' ')} {self.keys[name][:12]}"
+                    text = environment.mismatch_note(what, (stored or {}).get("environment"), self.made_in)
+                    if text:
+                        self.note(text)
                 return (stored if stored is not None else stage()), True
             value = stage()
             self._save(kind, name, model, value)

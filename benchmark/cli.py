@@ -20,6 +20,17 @@ from cleanbench.registry import ATTACKS, DEFENSES, DETECTORS, load_plugin_file
 DEFAULTS = RunConfig()
 
 
+def _environment_note(card: dict, config: RunConfig) -> None:
+    """One line on stderr when the card being re-run was made in another environment."""
+    from cleanbench import environment
+    from cleanbench.runner import resolve_device
+
+    now = environment.current(resolve_device(config.device), config.threads)
+    note = environment.mismatch_note("this run card", environment.recorded(card), now)
+    if note:
+        click.echo(note, err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="cleanbench")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
@@ -39,6 +50,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--target", default=None, help=f"Target class name or index [default: {DEFAULTS.target}].")
 @click.option("--seed", type=int, default=None, help=f"Run seed [default: {DEFAULTS.seed}].")
 @click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N [default: auto].")
+@click.option("--threads", type=int, default=None, help=f"torch threads on the CPU; part of the cell (another count gives slightly other numbers) [default: {DEFAULTS.threads}].")
 @click.option("--model", default=None, help=f"open_clip model name [default: {DEFAULTS.model.name}].")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path [default: none].")
 @click.option("--threat", default=None, type=click.Choice(["scratch", "finetune-pretrained"]), help="Train the poisoned model from random weights, or finetune --pretrained weights [default: scratch].")
@@ -59,13 +71,13 @@ def run(**options) -> None:
         return distributed.relaunch(options["nproc"], distributed.without_option(sys.argv[1:], "--nproc"))
     for path in options["plugin"]:
         load_plugin_file(path)
-    values = values_from_file(options["config_file"]) if options["config_file"] else {}
+    values, source_card = values_from_file(options["config_file"]) if options["config_file"] else ({}, None)
     if options["preset"]:
         from cleanbench.presets import preset_values
 
         values = merge(preset_values(options["preset"]), values)
     overrides: dict = {}
-    for key in ("attack", "defense", "target", "seed", "device", "results_dir", "tuning"):
+    for key in ("attack", "defense", "target", "seed", "device", "threads", "results_dir", "tuning"):
         if options[key] is not None:
             overrides[key] = options[key]
     if options["poison_rate"] is not None or options["poison_count"] is not None:
@@ -92,6 +104,8 @@ def run(**options) -> None:
     if files:
         overrides["data"] = {**({"source": "csv"} if "train" in files else {}), **files}
     config = from_dict(RunConfig, merge(values, overrides), "config")
+    if source_card is not None and distributed.is_main():
+        _environment_note(source_card, config)
 
     from cleanbench.export import saving_models
     from cleanbench.runner import run_cell
@@ -149,14 +163,20 @@ def _entry_line(entry, reference_attr: str) -> str:
 
 
 @cli.command()
-@click.argument("results_dir", default="results", type=click.Path(file_okay=False))
+@click.argument("results_dir", default=DEFAULTS.results_dir, type=click.Path(file_okay=False))
 def results(results_dir: str) -> None:
-    """Print a table of the run cards under RESULTS_DIR."""
+    """Print a table of the run cards in RESULTS_DIR (a folder with a runs/ folder, e.g. a published
+    sweep such as results/sweeps/default, or a runs/ folder itself)."""
     from cleanbench.leaderboard.cards import cards_table, load_cards
 
-    cards = load_cards(Path(results_dir))
+    folder = Path(results_dir)
+    if not (folder / "runs").is_dir() and folder.name == "runs":
+        cards = [c for c in load_cards(folder.parent) if Path(c["_path"]).is_relative_to(folder)]
+    else:
+        cards = load_cards(folder)
     if not cards:
-        raise UsageError(f"no run cards under {results_dir!r}; run `cleanbench run` first")
+        raise UsageError(f"no run cards under {results_dir!r}; run `cleanbench run` first, or name a results "
+                         "folder, e.g. `cleanbench results results/sweeps/default`")
     click.echo(cards_table(cards).to_string(index=False))
 
 
@@ -165,6 +185,7 @@ from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
 from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.verify import verify_command; cli.add_command(verify_command)  # noqa: E402, E702
 from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
 from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
 

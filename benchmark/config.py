@@ -88,9 +88,17 @@ class ModelConfig:
     trust_checkpoint: bool = False
 
 
+DEFAULT_RESULTS_DIR = "results/local"
+"""Where a run writes its card unless told otherwise: untracked (.gitignore), apart from the published
+cards under results/ (docs/results.md)."""
+
+
 @dataclass
 class RunConfig:
-    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it."""
+    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it.
+
+    `threads` is torch's intra-op thread count on the CPU: float sums run in another order with
+    another count, so it changes the trained model and is part of the cache key."""
 
     attack: str = "badnet"
     attack_options: dict[str, Any] = field(default_factory=dict)
@@ -101,7 +109,8 @@ class RunConfig:
     target: str = "star"
     seed: int = 0
     device: str = "auto"
-    results_dir: str = "results"
+    threads: int = 1
+    results_dir: str = DEFAULT_RESULTS_DIR
     cache_dir: str | None = None
     use_cache: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -247,12 +256,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def values_from_file(path: str | Path) -> dict[str, Any]:
-    """The settings in a YAML config, or the `config` section of a run card (to reproduce it)."""
+def values_from_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The settings in a YAML config; or, from a run card, its `config` section (to reproduce it, writing
+    to this run's results folder) and the card."""
     values = load_yaml(path)
-    if "schema_version" in values and "config" in values:
-        return values["config"]
-    return values
+    if "schema_version" in values and "config" in values and isinstance(values["config"], dict):
+        where = ("results_dir", "cache_dir")  # where the card's run wrote, not part of the cell: this run writes here
+        return {k: v for k, v in values["config"].items() if k not in where}, values
+    return values, None
 
 
 def parse_key_values(items: tuple[str, ...] | list[str], flag: str) -> dict[str, Any]:
@@ -303,6 +314,8 @@ def validate(config: RunConfig) -> RunConfig:
         raise UsageError(f"poison count {config.poison_count} must be >= 0")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
         raise UsageError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N")
+    if config.threads < 1:
+        raise UsageError(f"threads {config.threads} must be >= 1; e.g. --threads 1 (the default)")
     if Path(config.results_dir).exists() and not Path(config.results_dir).is_dir():
         raise UsageError(f"results dir {config.results_dir!r} is a file; pass a folder to --results-dir")
     for name in ("n_pretrain", "n_clean", "n_test", "n_validation", "image_size"):

@@ -32,7 +32,7 @@ def detector_options(items: tuple[str, ...], detectors: list[str]) -> dict[str, 
 def _config(options: dict[str, Any]) -> dict[str, Any]:
     """The run config values from --config, --preset and the options (as `cleanbench run` merges them)."""
 
-    values = values_from_file(options["config_file"]) if options["config_file"] else {}
+    values = values_from_file(options["config_file"])[0] if options["config_file"] else {}
     if options["preset"]:
         from cleanbench.presets import preset_values
 

@@ -105,7 +105,7 @@ class LocalExecutor(Executor):
             self.slots = workers or cpus
             slot_ids = [None] * self.slots
             threads = max(1, cpus // self.slots)
-            self.description = f"local pool: {self.slots} CPU worker(s), {threads} thread(s) each"
+            self.description = f"local pool: {self.slots} CPU worker(s) (torch threads: each cell's `threads` setting)"
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
         for slot in slot_ids:

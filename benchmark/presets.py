@@ -50,6 +50,7 @@ STANDARD_DEFENSE_TRAINING: dict[str, Any] = dict(epochs=10, batch_size=64, warmu
 
 STANDARD: dict[str, Any] = dict(
     setting="standard",
+    threads=1,
     target="star",
     poison_rate=0.02,
     data=dict(source="embedded", preset="easy", image_size=32, n_pretrain=40_000, n_clean=1_200, n_test=2_000,

@@ -49,6 +49,7 @@ class RunCard:
     cell_key: str | None = None
     setting: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, Any] | None = None
     git_commit: str | None = None
     device: dict[str, Any] = field(default_factory=dict)
     attack: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +63,7 @@ class RunCard:
     metrics: dict[str, Any] | None = None
     wall_seconds: float | None = None
     reused: list[str] | None = None
+    environment_notes: list[str] = field(default_factory=list)
     finished: str | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +75,10 @@ class RunCard:
     def to_dict(self) -> dict[str, Any]:
         """The card as its JSON object."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        return {k: v for k, v in out.items() if v is not None or k in self._ALWAYS} | self.extra
+        kept = {k: v for k, v in out.items() if v is not None or k in self._ALWAYS}
+        if not self.environment_notes:
+            del kept["environment_notes"]
+        return kept | self.extra
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunCard:

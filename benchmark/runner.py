@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cleanbench import distributed, runcard, stages
+from cleanbench import distributed, environment, runcard, stages
 from cleanbench.attacks.base import Attack
 from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, ArtifactCache, content_key
 from cleanbench.cached import CellCache
@@ -158,7 +158,7 @@ class Plan:
             "attack_options": asdict(self.attack_options),
             "poison_rate": c.poison_rate if c.attack != "none" else None,
             "poison_count": c.poison_count if c.attack != "none" else None,
-            "target": c.target, "seed": c.seed, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
+            "target": c.target, "seed": c.seed, "threads": c.threads, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
             "model": model, "model_digest": _digest(c.model.name.removeprefix("local-dir:")),
             "pretrained_digest": _digest(c.model.pretrained),
         })
@@ -166,7 +166,7 @@ class Plan:
     def _defense_inputs(self) -> dict[str, Any]:
         return {"poisoned": self.poisoned_model_key(), "defense": self.config.defense,
                 "defense_version": self.defense_cls.version, "defense_options": asdict(self.defense_options),
-                "clean_data": self._data("clean")}
+                "clean_data": self._data("clean"), "threads": self.config.threads}
 
     def defended_model_key(self) -> str:
         """Hash of exactly what determines the defended model (the poisoned model's key for `none`)."""
@@ -179,7 +179,7 @@ class Plan:
         """Hash of what determines an evaluation: the model (whose key fixes attack, target, seed and
         data settings) and the test set."""
         return content_key({"artifact": "evaluation", "cleanbench": runcard.versions()["cleanbench"],
-                            "model": model_key, "eval_data": self._data("eval")})
+                            "model": model_key, "eval_data": self._data("eval"), "threads": self.config.threads})
 
     def artifact_keys(self) -> dict[str, str]:
         """The keys of the cell's four artifacts, by name."""
@@ -203,7 +203,7 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
     c = plan.config
     key = plan.cell_key()
     path = plan.card_path()
-    with distributed.session(plan.device) as device:
+    with distributed.session(plan.device) as device, environment.torch_threads(c.threads):
         plan.device = device
         main = distributed.is_main()
         progress, log = (progress, log) if main else (False, _silent)
@@ -211,7 +211,7 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
             status="running", created=runcard.now(),
             command=command, reproduce=f"cleanbench run --config {path.as_posix()}",
             config=c.to_dict(), seed=c.seed, cell_key=key, setting=setting_record(c),
-            versions=runcard.versions(), git_commit=runcard.git_commit(),
+            versions=runcard.versions(), environment=environment.current(device), git_commit=runcard.git_commit(),
             device={**runcard.device_info(device), "processes": distributed.world_size()},
             attack={"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
             defense={"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
@@ -253,7 +253,8 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
     log(f"poison: {poisoned.plan.count} of {poisoned.total} pairs -> target {cell.target_name!r} ({c.attack})")
 
     card.stage = "pretraining"
-    cache = CellCache(ArtifactCache(c.cache_dir) if c.use_cache else None, plan.artifact_keys())
+    cache = CellCache(ArtifactCache(c.cache_dir) if c.use_cache else None, plan.artifact_keys(), card.environment,
+                      lambda note: (log(note), card.environment_notes.append(note)))
     card.artifacts = cache.record
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)

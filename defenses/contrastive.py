@@ -24,6 +24,7 @@ from cleanbench.defenses.base import Defense, DefenseContext, Strength
 from cleanbench.losses import cleanclip_loss
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
+from cleanbench.synonyms import check_source_name, synonym_source
 from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainConfig
 
 REFERENCE_TRAINING: dict[str, Any] = dict(
@@ -70,11 +71,12 @@ class ViewOptions(TrainingOptions):
     """Training options plus the augmented views of the in-modal losses (benchmark/augment.py)."""
 
     image_view: str = "autoaugment"
-    use_wordnet: bool = True
+    synonyms: str = "embedded"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         image_view(self.image_view)  # raises on an unknown view
+        check_source_name(self.synonyms)  # raises on an unknown source, or on `wordnet` without WordNet
 
 
 class ContrastiveFinetune(Defense):
@@ -97,10 +99,10 @@ class ContrastiveFinetune(Defense):
         items_per_pair = 1
         view = None
         if inmodal_weight:
-            eda = EDA(seed=derive_seed(context.seed, self.name, "eda"), use_wordnet=options.use_wordnet)
+            eda = EDA(seed=derive_seed(context.seed, self.name, "eda"), synonyms=synonym_source(options.synonyms))
             tensors["text_views"] = bundle.tokenizer(eda.views(clean.captions)).to(context.device)
             context.notes["text_view_operations"] = eda.operations
-            context.notes["wordnet"] = eda.wordnet_source
+            context.notes["synonyms_from"] = eda.source.origin
             context.notes["image_view"] = options.image_view
             view = image_view(options.image_view)
             items_per_pair = 2

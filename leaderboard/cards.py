@@ -48,15 +48,23 @@ def load_cards(results_dir: str | Path) -> list[dict]:
 
 
 def cards_table(cards: list[dict]) -> pd.DataFrame:
-    """One row per card: attack, defense, budget, seed, CA/ASR before and after, time."""
+    """One row per card: attack, defense, the options, setting and commit that tell rows apart,
+    budget, seed, CA/ASR before and after, time."""
+    from cleanbench.leaderboard.table import setting_of, variant_labels
+
+    labels = {role: variant_labels(cards, role) for role in ("attack", "defense")}
     rows = []
     for card in cards:
         config = card["config"]
+        options = [labels[role][id(card)].removeprefix(config[role]).strip(" ()") for role in ("attack", "defense")]
         row = {
             "attack": card["attack"]["name"],
             "defense": card["defense"]["name"],
+            "options (attack / defense)": " / ".join(o or "-" for o in options) if any(options) else "",
             "poison": card.get("poison", {}).get("count"),
             "seed": config["seed"],
+            "setting": setting_of(config)[1],
+            "commit": str(card.get("git_commit") or "?")[:8] + ("+dirty" if str(card.get("git_commit")).endswith("+dirty") else ""),
             "status": card["status"],
         }
         metrics = card.get("metrics", {})
@@ -66,4 +74,4 @@ def cards_table(cards: list[dict]) -> pd.DataFrame:
                 row[f"{name.replace('_top1', '')}_{prefix} %"] = None if value is None else round(100 * value, 1)
         row["seconds"] = round(card.get("costs", {}).get("total_seconds", float("nan")), 1)
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["attack", "defense", "poison", "seed"], na_position="last")
+    return pd.DataFrame(rows).sort_values(["attack", "defense", "poison", "seed", "options (attack / defense)", "commit"], na_position="last")

@@ -208,17 +208,24 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
         render("plugin.html", f"defenses/{slug(defense)}.html", title=f"Defense: {defense}", role="defense", info=info,
                rows=[r for r in rows if r["defense"] == defense],
                figures=[f for f in figures if f.defense == defense or f.kind == "heatmap"])
+    cells: dict[tuple, list[dict]] = {}
+    for card in scan.cards:
+        cells.setdefault(card["_cell"], []).append(card)
     for card in scan.cards:
         page = card_pages[card["_path"]]
         raw = page.removesuffix(".html") + ".json"
         (site_dir / raw).parent.mkdir(parents=True, exist_ok=True)
         (site_dir / raw).write_text(json.dumps(_plain(card), indent=2, ensure_ascii=False), encoding="utf-8")
-        attack, defense = card["_cell"][1], card["_cell"][3]
+        setting_key, attack, rate, defense = card["_cell"]
+        reproduce = card.get("reproduce") or f"cleanbench run --config {card['_path']}"
+        siblings = [{"page": card_pages[c["_path"]], "seed": c["config"]["seed"], "status": c["status"]}
+                    for c in sorted(cells[card["_cell"]], key=lambda c: c["config"]["seed"]) if c is not card]
         render("card.html", page, title=f"Run card {Path(card['_path']).name}", card=card, raw=Path(raw).name,
-               file=Path(card["_path"]).name, reproduce=f"cleanbench run --config {card['_path']}",
+               file=Path(card["_path"]).name, reproduce=reproduce,
+               produced=card.get("command") if card.get("command") != reproduce else None,
                attack_page=f"attacks/{slug(attack)}.html", defense_page=f"defenses/{slug(defense)}.html",
-               attack=attack, defense=defense, rate=card["_cell"][2], setting=_setting_label(table, card),
-               poison=_poison_summary(card))
+               attack=attack, defense=defense, rate=rate, setting=_setting_label(table, card),
+               poison=_poison_summary(card), row_anchor=row_anchor(setting_key, attack, rate, defense), siblings=siblings)
 
     exported = export_table(table)
     exported.to_csv(site_dir / "leaderboard.csv", index=False)

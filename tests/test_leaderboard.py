@@ -502,3 +502,21 @@ def test_the_index_shows_the_matrix_and_rankings_before_the_big_table(tmp_path):
     index = (tmp_path / "site" / "index.html").read_text()
     assert index.index('class="matrix-table"') < index.index('id="defense-ranking"') < index.index('id="leaderboard"')
     assert index.count('class="matrix-table"') == 2 and 'id="attack-ranking"' in index
+
+
+def test_rows_have_stable_anchors_and_card_pages_link_back_once(tmp_path):
+    import re
+
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1, 2)]
+    for card in cards:
+        card["reproduce"] = f"cleanbench run --config runs/{card['config']['defense']}-{card['seed']}.json"
+    _build(tmp_path / "a", cards)
+    _build(tmp_path / "b", cards + [synthetic_card(attack="blended", defense="none")])
+    ids = [re.findall(r'<tr id="(row-[^"]+)"', (tmp_path / x / "site" / "index.html").read_text()) for x in ("a", "b")]
+    assert len(set(ids[0])) == 2 and set(ids[0]) <= set(ids[1])  # made from the fields, not positions
+    page = next(p for p in (tmp_path / "a" / "site" / "cards").glob("*.html") if "cleanclip-0.json" in p.read_text())
+    text = page.read_text()
+    anchor = next(i for i in ids[0] if "cleanclip" in i)
+    assert f'href="../index.html#{anchor}"' in text
+    assert text.count("cleanbench run --config runs/cleanclip-0.json") == 1  # each command printed once
+    assert ">seed 1</a>" in text and ">seed 2</a>" in text and ">seed 0</a>" not in text

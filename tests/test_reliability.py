@@ -402,7 +402,7 @@ def test_same_seed_on_cpu_gives_identical_cards_and_a_damaged_cache_is_recompute
     def config(**overrides):
         return tiny(device="cpu", data=DataConfig(n_pretrain=64, n_clean=32, n_test=30),
                     pretrain=TrainConfig(epochs=1, batch_size=32, warmup_steps=1),
-                    defense_options={"epochs": 1, "batch_size": 32, "use_wordnet": False}, **overrides)
+                    defense_options={"epochs": 1, "batch_size": 32, "synonyms": "none"}, **overrides)
 
     first, path = run_cell(config(), progress=False, log=lambda _: None)
     again, again_path = run_cell(config(use_cache=False), progress=False, log=lambda _: None)
