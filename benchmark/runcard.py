@@ -35,9 +35,8 @@ _TOLERANCE = 1e-6
 
 @dataclass
 class RunCard:
-    """One cell's record. Sections are the JSON objects of the file (docs/architecture.md lists them);
-    `stage` names the stage that was running when a cell failed. Keys this version does not know are
-    kept in `extra` and written back unchanged."""
+    """One cell's record, field by field the JSON object of its file. `stage` names the stage that was
+    running when a cell failed; keys this version does not know are kept in `extra` and written back."""
 
     schema_version: int = SCHEMA_VERSION
     status: str = "running"
@@ -67,26 +66,28 @@ class RunCard:
     finished: str | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    read_keys: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    """The keys of the JSON object a card was read from (None for a card made here): a key that was
+    there with a null value is written back, one that was not there is not added."""
 
     _ALWAYS = ("schema_version", "status", "created", "command", "reproduce", "config", "seed", "cell_key",
-               "versions", "git_commit", "device", "attack", "defense", "costs")
-    """Keys every card has (null when unknown); the others appear once their stage has run."""
+               "setting", "versions", "git_commit", "device", "attack", "defense", "costs")
+    """Keys a new card always has (null when unknown); the others appear once their stage has run."""
 
     def to_dict(self) -> dict[str, Any]:
         """The card as its JSON object."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        kept = {k: v for k, v in out.items() if v is not None or k in self._ALWAYS}
-        if not self.environment_notes:
-            del kept["environment_notes"]
-        return kept | self.extra
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "read_keys")}
+        given = self._ALWAYS if self.read_keys is None else self.read_keys
+        empty = {k for k, v in out.items() if v is None or (k == "environment_notes" and not v)}
+        return {k: v for k, v in out.items() if k in given or k not in empty} | self.extra
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunCard:
         """A card from its JSON object, validated (CardInvalid naming the problem)."""
         validate_card(values)
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "read_keys"}
         return cls(**{k: v for k, v in values.items() if k in names},
-                   extra={k: v for k, v in values.items() if k not in names})
+                   extra={k: v for k, v in values.items() if k not in names}, read_keys=frozenset(values))
 
     def __getitem__(self, key: str) -> Any:
         """A section by its JSON key (`card["metrics"]`), for code written against the file's layout."""
