@@ -13,6 +13,10 @@ Checks, in order; the first failure stops the check and is the one reported:
 5. `evaluates`: zero-shot evaluation runs on it and its embeddings are finite.
 6. `deterministic`: a second run with the same seed, after the global random generators were
    scrambled, gives bit-identical weights.
+7. `files`: the same clean pairs, written as PNG files with a CSV and read back as a run on file
+   data reads them (`context.clean.images` is then a column read lazily, not a tensor), still
+   apply and give the same architecture; a defense that only uses the `PairSet` interface
+   (`.to(device)`, indexing, `len`) passes on both paths.
 Then it reports the cost: seconds per apply, training steps and throughput.
 """
 
@@ -22,6 +26,7 @@ import copy
 import dataclasses
 import math
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +90,27 @@ def _tiny_setup(seed: int, device: Any) -> _Setup:
     stages.pretrain(stages.PretrainInput(bundle, poisoned.pairs, TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
                                          seed, device))
     return _Setup(cell.data, bundle, attack, cell.target_index, poisoned)
+
+
+def _clean_from_files(setup: _Setup, folder: str) -> Any:
+    """The clean pairs written as PNG files with a CSV and read back as a run on file data reads them
+    (lazily, at the model's resolution); same images, captions and labels."""
+    import csv
+
+    from PIL import Image
+
+    from cleanbench.data.base import PairSet
+    from cleanbench.data.pairs import load_pairs
+
+    clean = setup.data.clean
+    with open(f"{folder}/clean.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        for i, (image, caption) in enumerate(zip(clean.images, clean.captions)):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(f"{folder}/{i}.png")
+            writer.writerow([f"{i}.png", caption])
+    read = load_pairs(f"{folder}/clean.csv", TINY_DATA["image_size"])
+    return PairSet(read.images, read.captions, clean.labels.clone(), clean.classnames)
 
 
 def _scramble_global_generators(value: int) -> None:
@@ -223,6 +249,19 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
                 "every random draw from context.seed (e.g. cleanbench.seeding.torch_generator(derive_seed(...)))"
             )
     passed("deterministic", f"a second run with seed {seed} gave identical weights")
+
+    with tempfile.TemporaryDirectory(prefix="cleanbench-check-plugin-") as folder:
+        files = dataclasses.replace(setup, data=dataclasses.replace(setup.data, clean=_clean_from_files(setup, folder)))
+        _, on_files, _, _, _, error = _apply_once(cls, options, files, seed, device, scramble=3)
+    if error is not None:
+        raise ConformanceFailure(name, "files", f"on clean pairs read from image files (the CSV path), apply raised "
+                                 f"{type(error).__name__}: {error}; use only the PairSet interface of context.clean")
+    if not isinstance(on_files, torch.nn.Module) or {k: tuple(v.shape) for k, v in on_files.state_dict().items()} != shapes:
+        raise ConformanceFailure(name, "files", "on clean pairs read from image files it did not return the model's "
+                                 "architecture")
+    same = all(torch.equal(v, state[k]) for k, v in on_files.state_dict().items())
+    passed("files", "the same clean pairs read from PNG files through a CSV: applies, same architecture"
+                    + (", identical weights" if same else ""))
 
     steps = sum(s.steps for s in context.stats)
     train_seconds = sum(s.seconds for s in context.stats)

@@ -20,7 +20,8 @@ PACKAGES = {"benchmark": "cleanbench", "attacks": "cleanbench.attacks", "defense
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("cleanbench", "errors", "seeding", "fileio", "options", "metrics", "losses", "text",
-                    "tiny_tower", "augment", "distributed", "executors", "peak", "detection_metrics")),
+                    "tiny_tower", "augment", "synonyms", "distributed", "executors", "environment", "peak",
+                    "detection_metrics")),
     ("data", ("data", "data.*")),
     ("attacks", ("attacks", "attacks.*")),
     ("models and training", ("models", "trainer")),
@@ -29,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("configuration and records", ("config", "registry", "cache", "cached", "runcard", "tuning")),
     ("stages", ("stages",)),
     ("cell", ("runner", "presets", "summary", "export")),
-    ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "sweep", "sweep.*", "detection",
+    ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection",
                "detection_report", "leaderboard", "leaderboard.*")),
     ("command line", ("cli", "__main__", "detect_command", "tuning_command")),
 ]
