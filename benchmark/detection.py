@@ -28,6 +28,7 @@ from cleanbench.data.base import PairSet
 from cleanbench.detection_metrics import detection_metrics
 from cleanbench.detectors.base import DetectionContext, Detector
 from cleanbench.errors import CleanbenchError, RunError, UsageError
+from cleanbench.fileio import write_json_atomic
 from cleanbench.models import ModelBundle, build_model
 from cleanbench.registry import DETECTORS
 from cleanbench.runner import Plan
@@ -201,12 +202,12 @@ def score_cell(plan: DetectionPlan, progress: bool = True, log: Log = _stderr,
             metrics = detection_metrics(scores[scored], positive[scored])
         except CleanbenchError as error:
             failures.append(error)
-            runcard.write_card(path, card | {"status": "failed", "error": str(error)})
+            write_json_atomic(path, card | {"status": "failed", "error": str(error)})
             continue
         except Exception as error:
             failures.append(RunError(f"detector {run.name!r} raised {type(error).__name__}: {error}"))
             failures[-1].__cause__ = error
-            runcard.write_card(path, card | {"status": "failed", "error": str(failures[-1])})
+            write_json_atomic(path, card | {"status": "failed", "error": str(failures[-1])})
             continue
         card["costs"] |= {"embedding_seconds": context.embedding_seconds, "detector_seconds": seconds}
         card["scored_pairs"] = int(scored.sum())
@@ -214,7 +215,7 @@ def score_cell(plan: DetectionPlan, progress: bool = True, log: Log = _stderr,
         card["score_quantiles"] = _quantiles(scores[scored], positive[scored])
         card["status"] = "ok"
         card["finished"] = runcard.now()
-        runcard.write_card(path, card)
+        write_json_atomic(path, card)
         written.append((card, path))
         log(f"{run.name}: AUROC {metrics.auroc:.3f}  AUPRC {metrics.auprc:.3f}  "
             f"TPR@1%FPR {metrics.tpr_at_1pct_fpr:.3f} ({seconds:.1f} s)")
