@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from cleanbench.attacks.base import Attack, trigger_rows, trigger_uint8
+from cleanbench.attacks.preview import EVAL_TRIGGER_STREAM
 from cleanbench.data.base import ClassificationSet
 from cleanbench.data.images import ImageFiles
 from cleanbench.data.lazy import FileBatches
@@ -28,7 +29,6 @@ from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 
-EVAL_TRIGGER_STREAM = "eval-trigger"
 TEXT_BATCH = 2048
 IMAGE_BATCH = 512
 """Images per forward pass when scoring in-memory test sets."""
