@@ -92,6 +92,25 @@ def _tiny_setup(seed: int, device: Any) -> _Setup:
     return _Setup(cell.data, bundle, attack, cell.target_index, poisoned)
 
 
+def _check_files(name: str, cls: type, options: Any, setup: _Setup, seed: int, device: Any, state: dict) -> str:
+    """The `files` check: apply on the clean pairs read from image files; its detail line."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="cleanbench-check-plugin-") as folder:
+        files = dataclasses.replace(setup, data=dataclasses.replace(setup.data, clean=_clean_from_files(setup, folder)))
+        _, model, _, _, _, error = _apply_once(cls, options, files, seed, device, scramble=3)
+    if error is not None:
+        raise ConformanceFailure(name, "files", f"on clean pairs read from image files (the CSV path), apply raised "
+                                 f"{type(error).__name__}: {error}; use only the PairSet interface of context.clean")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if not isinstance(model, torch.nn.Module) or {k: tuple(v.shape) for k, v in model.state_dict().items()} != shapes:
+        raise ConformanceFailure(name, "files", "on clean pairs read from image files it did not return the model's "
+                                 "architecture")
+    same = all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    return ("the same clean pairs read from PNG files through a CSV: applies, same architecture"
+            + (", identical weights" if same else ""))
+
+
 def _clean_from_files(setup: _Setup, folder: str) -> Any:
     """The clean pairs written as PNG files with a CSV and read back as a run on file data reads them
     (lazily, at the model's resolution); same images, captions and labels."""
@@ -250,18 +269,7 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
             )
     passed("deterministic", f"a second run with seed {seed} gave identical weights")
 
-    with tempfile.TemporaryDirectory(prefix="cleanbench-check-plugin-") as folder:
-        files = dataclasses.replace(setup, data=dataclasses.replace(setup.data, clean=_clean_from_files(setup, folder)))
-        _, on_files, _, _, _, error = _apply_once(cls, options, files, seed, device, scramble=3)
-    if error is not None:
-        raise ConformanceFailure(name, "files", f"on clean pairs read from image files (the CSV path), apply raised "
-                                 f"{type(error).__name__}: {error}; use only the PairSet interface of context.clean")
-    if not isinstance(on_files, torch.nn.Module) or {k: tuple(v.shape) for k, v in on_files.state_dict().items()} != shapes:
-        raise ConformanceFailure(name, "files", "on clean pairs read from image files it did not return the model's "
-                                 "architecture")
-    same = all(torch.equal(v, state[k]) for k, v in on_files.state_dict().items())
-    passed("files", "the same clean pairs read from PNG files through a CSV: applies, same architecture"
-                    + (", identical weights" if same else ""))
+    passed("files", _check_files(name, cls, options, setup, seed, device, state))
 
     steps = sum(s.steps for s in context.stats)
     train_seconds = sum(s.seconds for s in context.stats)
