@@ -41,7 +41,6 @@ reproduce them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -54,7 +53,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 from PIL import Image
@@ -684,26 +682,3 @@ def format_result(result: BenchResult) -> str:
     lines.append("one default cell (`cleanbench run` defaults with this model and batch), estimated seconds:")
     lines.append("  " + ", ".join(f"{k} {v:.1f}" for k, v in result.estimate.items()))
     return "\n".join(lines)
-
-
-@click.command("bench")
-@click.option("--model", default=TINY_MODEL, help="open_clip model name.")
-@click.option("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=int, default=BenchConfig.batch_size, help="Pairs per training step.")
-@click.option("--image-size", type=int, default=None, help="Side of the data's images [default: the model's input size].")
-@click.option("--repeats", type=int, default=BenchConfig.repeats, help="Timed repetitions (after one warm-up).")
-@click.option("--steps", type=int, default=BenchConfig.steps, help="Training steps (batches) per timed call.")
-@click.option("--eval-images", type=int, default=BenchConfig.eval_images, help="Test images of the timed evaluation.")
-@click.option("--peak-tflops", type=float, default=None, help="The device's peak TFLOP/s for MFU [default: from a table of known GPUs].")
-@click.option("--reference-triggers", is_flag=True, help="Also time the reference's per-image PIL triggers at 224 px against the batched path.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON here.")
-def bench_command(model: str, device: str, batch_size: int, image_size: int | None, repeats: int, steps: int,
-                  eval_images: int, peak_tflops: float | None, reference_triggers: bool, json_path: str | None) -> None:
-    """Measure what each stage of a cell costs on this device, against the bare model."""
-    config = BenchConfig(model, device, batch_size, image_size, repeats, steps, eval_images, peak_tflops,
-                         reference_triggers)
-    result = run_bench(config, log=lambda message: click.echo(message, err=True))
-    click.echo(format_result(result))
-    if json_path:
-        Path(json_path).write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
-        click.echo(f"JSON: {json_path}")

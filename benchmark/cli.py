@@ -1,20 +1,23 @@
 """The `cleanbench` command line: run, list, results.
 
 Errors become one line on stderr and an exit code (2: bad input, 1: a run failed); `--debug`
-shows the traceback.
+shows the traceback. Help, usage errors and `list` answer in well under a second: this module and
+the command modules attached below import no torch, open_clip or plotting library at the top; each
+command imports what it uses when it runs (tests/test_robustness.py checks it).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from cleanbench import distributed
 from cleanbench.config import RunConfig, from_dict, merge, parse_key_values, values_from_file
-from cleanbench.errors import CleanbenchError, RunError, UsageError
+from cleanbench.errors import CleanbenchError, Interrupted, RunError, UsageError
+from cleanbench.fileio import RESOURCE_ERRNOS, StorageError
 from cleanbench.registry import ATTACKS, DEFENSES, DETECTORS, load_plugin_file
 
 DEFAULTS = RunConfig()
@@ -67,7 +70,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--nproc", type=int, default=1, help="Train with DDP on N processes on this machine (torchrun: one GPU each, or CPU with gloo).")
 def run(**options) -> None:
     """Run one cell: poison, pretrain, evaluate, defend, evaluate, write a run card."""
-    if options["nproc"] > 1 and not distributed.launched():
+    if options["nproc"] > 1 and int(os.environ.get("WORLD_SIZE", 1)) <= 1:  # not yet launched by torchrun
+        from cleanbench import distributed
+
         return distributed.relaunch(options["nproc"], distributed.without_option(sys.argv[1:], "--nproc"))
     for path in options["plugin"]:
         load_plugin_file(path)
@@ -104,6 +109,11 @@ def run(**options) -> None:
     if files:
         overrides["data"] = {**({"source": "csv"} if "train" in files else {}), **files}
     config = from_dict(RunConfig, merge(values, overrides), "config")
+    ATTACKS.check_name(config.attack)  # an unknown name is refused before torch is imported
+    DEFENSES.check_name(config.defense)
+
+    from cleanbench import distributed
+
     if source_card is not None and distributed.is_main():
         _environment_note(source_card, config)
 
@@ -166,25 +176,32 @@ def _entry_line(entry, reference_attr: str) -> str:
 @click.argument("results_dir", default=DEFAULTS.results_dir, type=click.Path(file_okay=False))
 def results(results_dir: str) -> None:
     """Print a table of the run cards in RESULTS_DIR (a folder with a runs/ folder, e.g. a published
-    sweep such as results/sweeps/default, or a runs/ folder itself)."""
-    from cleanbench.leaderboard.cards import cards_table, load_cards
+    sweep such as results/sweeps/default, or a runs/ folder itself); files that are not valid cards
+    are listed on stderr with the reason."""
+    from cleanbench.leaderboard.cards import cards_table, scan_cards
 
     folder = Path(results_dir)
-    if not (folder / "runs").is_dir() and folder.name == "runs":
-        cards = [c for c in load_cards(folder.parent) if Path(c["_path"]).is_relative_to(folder)]
-    else:
-        cards = load_cards(folder)
+    scan = scan_cards(folder.parent if not (folder / "runs").is_dir() and folder.name == "runs" else folder)
+    cards = [c for c in scan.cards if Path(c["_path"]).is_relative_to(folder)]
+    rejected = [(path, reason) for path, reason in scan.rejected if Path(path).is_relative_to(folder)]
+    for path, reason in rejected:
+        click.echo(f"skipped {path}: {reason}", err=True)
     if not cards:
-        raise UsageError(f"no run cards under {results_dir!r}; run `cleanbench run` first, or name a results "
-                         "folder, e.g. `cleanbench results results/sweeps/default`")
+        skipped = f" ({len(rejected)} files skipped, listed above)" if rejected else ""
+        raise UsageError(f"no valid run cards under {results_dir!r}{skipped}; run `cleanbench run` first, or name a "
+                         "results folder, e.g. `cleanbench results results/sweeps/default`")
     click.echo(cards_table(cards).to_string(index=False))
+    if rejected:
+        click.echo(f"{len(cards)} run cards; {len(rejected)} files skipped (listed on stderr)")
 
 
-# Commands defined in their own modules are attached here, one line each.
+# Commands defined in their own modules are attached here, one line each. A command's module imports
+# torch, open_clip, pandas and plotting inside the command's function, never at the top.
 from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
-from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
-from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.sweep.command import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
+from cleanbench.bench_command import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.cache_command import cache_command; cli.add_command(cache_command)  # noqa: E402, E702
 from cleanbench.verify import verify_command; cli.add_command(verify_command)  # noqa: E402, E702
 from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
 from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
@@ -199,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except Interrupted as interrupt:
+        cancelled = ", ".join(f"#{i}" for i in interrupt.cancelled) or "none"
+        click.echo(f"interrupted by {interrupt.name}: {interrupt.finished} cells finished (their run cards are kept); "
+                   f"cancelled the running cells ({cancelled}), whose partial work is discarded; "
+                   "run the same command again to resume", err=True)
+        return interrupt.exit_code
     except click.ClickException as error:
         command = getattr(getattr(error, "ctx", None), "command_path", "cleanbench")
         click.echo(f"error: {error.format_message()} (see `{command} --help`)", err=True)
@@ -214,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug, not bad input: still one line, the traceback behind --debug
         if debug:
             raise
+        if isinstance(error, OSError) and error.filename and error.errno in RESOURCE_ERRNOS:
+            click.echo(f"error: {StorageError(Path(error.filename), error, action='use')}", err=True)
+            return 1
         click.echo(f"error: unexpected {type(error).__name__}: {error}; this is a bug in cleanbench or a plugin: "
                    "run again with `cleanbench --debug ...` and report the traceback", err=True)
         return 1

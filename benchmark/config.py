@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import types
 import typing
@@ -18,7 +19,22 @@ from typing import Any
 import yaml
 
 from cleanbench.errors import UsageError
-from cleanbench.trainer import TrainConfig
+from cleanbench.fileio import read_input_file
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation hyper-parameters of one training stage."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 62
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    max_logit_scale: float = 100.0
 
 
 @dataclass
@@ -201,6 +217,12 @@ def _threat_defaults(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[list[str], dict[str, Any]]:
+    """The field names and resolved type hints of dataclass `cls` (resolving them is slow: once per class)."""
+    return [f.name for f in dataclasses.fields(cls)], typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, values: Any, where: str = "config") -> Any:
     """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types.
 
@@ -213,8 +235,8 @@ def from_dict(cls: type, values: Any, where: str = "config") -> Any:
         raise UsageError(f"{where}: expected a mapping of options, got {values!r}")
     if cls is RunConfig:
         values = _threat_defaults(values)
-    hints = typing.get_type_hints(cls)
-    check_keys(values, [f.name for f in dataclasses.fields(cls)], where)
+    names, hints = _fields(cls)
+    check_keys(values, names, where)
     kwargs = {key: check_value(value, hints[key], f"{where}.{key}") for key, value in values.items()}
     try:
         return cls(**kwargs)
@@ -238,10 +260,8 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from `path` (safe_load), or UsageError naming the file and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} does not exist")
+    text = read_input_file(path, "config file")
     try:
-        text = path.read_text()
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as error:
         raise UsageError(f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error

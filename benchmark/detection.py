@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from cleanbench import runcard, stages
-from cleanbench.cache import POISONED_MODELS, ArtifactCache, content_key
-from cleanbench.cached import CellCache
+from cleanbench import environment, runcard, stages
+from cleanbench.cache import POISONED_MODELS, content_key
+from cleanbench.artifacts import CellArtifacts
 from cleanbench.config import RunConfig, build_options
 from cleanbench.data.base import PairSet
 from cleanbench.detection_metrics import detection_metrics
@@ -140,7 +140,7 @@ def prepare_cell(plan: DetectionPlan, progress: bool, log: Log) -> PoisonedCell:
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(cell.device), c.model.trust_checkpoint)
     key = cell.poisoned_model_key()
-    cache = CellCache(ArtifactCache(c.cache_dir) if c.use_cache else None, {"poisoned_model": key})
+    cache = CellArtifacts(c, {"poisoned_model": key}, environment.current(cell.device), log)
     meta, reused = cache.run(POISONED_MODELS, "poisoned_model", lambda: {"stats": stages.pretrain(stages.PretrainInput(
         bundle, pairs, c.pretrain, c.seed, cell.device, progress)).to_dict(), "config": c.to_dict()}, bundle.model)
     seconds = float(meta["stats"]["seconds"])

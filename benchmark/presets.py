@@ -23,7 +23,6 @@ import difflib
 from typing import Any
 
 from cleanbench.config import FINETUNE_PRETRAINED_TRAINING
-from cleanbench.defenses.cleanclip import REFERENCE_OPTIONS as CLEANCLIP_REFERENCE
 from cleanbench.errors import UsageError
 
 REFERENCE_BADNET: dict[str, Any] = dict(patch_size=16, location="random", noise="fresh", values="wrap")
@@ -37,8 +36,7 @@ REFERENCE_SCRATCH_TRAINING: dict[str, Any] = dict(
 _COMMON: dict[str, Any] = dict(
     attack="badnet",
     attack_options=REFERENCE_BADNET,
-    defense="cleanclip",
-    defense_options=dict(CLEANCLIP_REFERENCE),
+    defense="cleanclip",  # with the reference's options: `preset_values` adds them
     poison_rate=None,
     poison_count=1500,
     target="banana",
@@ -88,7 +86,12 @@ def preset_values(name: str) -> dict[str, Any]:
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(f"unknown preset {name!r}; {hint}presets: {', '.join(PRESETS)}")
-    return copy.deepcopy(PRESETS[name])
+    values = copy.deepcopy(PRESETS[name])
+    if values.get("defense") == "cleanclip" and "defense_options" not in values:
+        from cleanbench.defenses.cleanclip import REFERENCE_OPTIONS  # imports torch: only once the name is known
+
+        values["defense_options"] = dict(REFERENCE_OPTIONS)
+    return values
 
 
 CELL_KEYS = frozenset({"attack", "attack_options", "defense", "defense_options", "poison_rate", "poison_count",

@@ -19,17 +19,26 @@ import platform
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cleanbench
-from cleanbench.fileio import write_json_atomic
+from cleanbench.fileio import RefusedFile, read_regular_file, write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 1
+MAX_CARD_BYTES = 20_000_000
+"""Readers skip larger files: a run card is a few hundred kilobytes at most."""
+REQUIRED_KEYS = ("schema_version", "status", "config", "attack", "defense")
 STATUSES = ("ok", "failed")
 STAGES = ("poisoned", "defended")
 PROPORTIONS = ("ca_top1", "ca_top5", "asr", "ra")
-MAX_CARD_BYTES = 20_000_000
 MAX_NAME_CHARS = 500
+MAX_SECONDS = 1e8
+"""Costs and durations above this (about three years) are absurd: refused, like infinities."""
+MAX_COUNT = 10**12
+"""Counts above this (images, pairs, seeds' magnitude) are absurd."""
 _TOLERANCE = 1e-6
 
 
@@ -108,9 +117,6 @@ class RunCard:
         return self.status == "ok"
 
 
-REQUIRED_KEYS = ("schema_version", "status", "config", "attack", "defense")
-
-
 class CardInvalid(ValueError):
     """A run card that does not match the schema; the message says where."""
 
@@ -140,6 +146,14 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
+def _finite(value: Any, where: str, low: float, high: float, nan: bool = False) -> None:
+    """A number in [low, high] (NaN too when `nan`); infinities and absurd magnitudes are refused."""
+    _require(_is_number(value), f"{where}: expected a number, got {value!r}")
+    if nan and math.isnan(value):
+        return
+    _require(math.isfinite(value) and low <= value <= high, f"{where}: {value!r} is not a finite number in [{low:g}, {high:g}]")
+
+
 def _optional(card: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> None:
     if card.get(key) is not None:
         _require(isinstance(card[key], kind), f"{where}{key}: expected {getattr(kind, '__name__', kind)}")
@@ -149,7 +163,8 @@ def _check_proportion(value: Any, where: str) -> None:
     """{successes, total, value, low, high}: counts in range, value = successes/total, low <= value <= high."""
     _require(isinstance(value, dict), f"{where}: expected an object")
     k, n = value.get("successes"), value.get("total")
-    _require(_is_int(k) and _is_int(n) and 0 <= k <= n, f"{where}: successes and total must be integers, 0 <= successes <= total")
+    _require(_is_int(k) and _is_int(n) and 0 <= k <= n <= MAX_COUNT,
+             f"{where}: successes and total must be integers, 0 <= successes <= total <= {MAX_COUNT}")
     numbers = [value.get(name) for name in ("value", "low", "high")]
     if n == 0:
         _require(all(v is None or (_is_number(v) and math.isnan(v)) for v in numbers), f"{where}: total 0 must have NaN values")
@@ -171,6 +186,17 @@ def _check_metrics(metrics: Any, status: str) -> None:
         _require(isinstance(metrics[stage], dict), f"metrics.{stage}: expected an object")
         for name in PROPORTIONS:
             _check_proportion(metrics[stage].get(name), f"metrics.{stage}.{name}")
+        for name in ("seconds", "images_per_second"):
+            if name in metrics[stage]:
+                _finite(metrics[stage][name], f"metrics.{stage}.{name}", 0, MAX_SECONDS if name == "seconds" else 1e12)
+        stealth = metrics[stage].get("stealthiness", {})
+        _require(isinstance(stealth, dict), f"metrics.{stage}.stealthiness: expected an object")
+        for name, value in stealth.items():
+            _finite(value, f"metrics.{stage}.stealthiness.{name}", 0, 1e4, nan=True)
+    change = metrics.get("change", {})
+    _require(isinstance(change, dict), "metrics.change: expected an object")
+    for name, value in change.items():
+        _finite(value, f"metrics.change.{name}", -1, 1, nan=True)
 
 
 def validate_card(card: Any) -> dict:
@@ -190,16 +216,16 @@ def validate_card(card: Any) -> dict:
     config = _mapping(card, "config")
     _name(config.get("attack"), "config.attack")
     _name(config.get("defense"), "config.defense")
-    _require(_is_int(config.get("seed")), "config.seed: expected an integer")
+    _require(_is_int(config.get("seed")) and abs(config["seed"]) < 2**63, "config.seed: expected a 64-bit integer")
     _require(config.get("poison_rate") is None or (_is_number(config["poison_rate"]) and 0 <= config["poison_rate"] <= 1),
              "config.poison_rate: expected a number in [0, 1] or null")
-    _require(config.get("poison_count") is None or (_is_int(config["poison_count"]) and config["poison_count"] >= 0),
-             "config.poison_count: expected a non-negative integer or null")
+    _require(config.get("poison_count") is None or (_is_int(config["poison_count"]) and 0 <= config["poison_count"] <= MAX_COUNT),
+             f"config.poison_count: expected an integer in [0, {MAX_COUNT}] or null")
     for key in ("attack_options", "defense_options", "data", "model", "pretrain"):
         _require(isinstance(config.get(key, {}), dict), f"config.{key}: expected an object")
     _require(isinstance(config.get("target", ""), str), "config.target: expected a string")
     n_pretrain = config.get("data", {}).get("n_pretrain", 1)
-    _require(_is_int(n_pretrain) and n_pretrain >= 1, "config.data.n_pretrain: expected an integer >= 1")
+    _require(_is_int(n_pretrain) and 1 <= n_pretrain <= MAX_COUNT, f"config.data.n_pretrain: expected an integer in [1, {MAX_COUNT}]")
     _require(isinstance(config.get("model", {}).get("name", ""), str), "config.model.name: expected a string")
 
     for role in ("attack", "defense"):
@@ -215,22 +241,31 @@ def validate_card(card: Any) -> dict:
         _require(isinstance(card.get("error"), str), "error: a failed card must say why (a string)")
     costs = card.get("costs", {})
     _require(isinstance(costs, dict), "costs: expected an object")
-    for key in ("defense_seconds", "total_seconds"):
-        _require(key not in costs or (_is_number(costs[key]) and costs[key] >= 0), f"costs.{key}: expected a number >= 0")
+    for key, value in costs.items():
+        _finite(value, f"costs.{key}", 0, MAX_SECONDS)
+    if "wall_seconds" in card:
+        _finite(card["wall_seconds"], "wall_seconds", 0, MAX_SECONDS)
     for key, kind in (("versions", dict), ("device", dict), ("artifacts", dict), ("poison", dict),
                       ("git_commit", str), ("command", str), ("reproduce", str), ("created", str), ("finished", str)):
         _optional(card, key, kind)
     _require(all(isinstance(v, str) for v in (card.get("versions") or {}).values()), "versions: expected strings")
+    poison = card.get("poison") or {}
+    for key in ("count", "candidates", "target_index"):
+        if poison.get(key) is not None:
+            _require(_is_int(poison[key]) and 0 <= poison[key] <= MAX_COUNT, f"poison.{key}: expected an integer in [0, {MAX_COUNT}]")
+    if poison.get("rate") is not None:
+        _finite(poison["rate"], "poison.rate", 0, 1)
     return card
 
 
-def read_card(path: str | Path) -> RunCard:
-    """The validated run card in file `path`; CardInvalid (too large, not JSON, not a card) or OSError."""
+def read_card(path: str | Path, root: str | Path | None = None) -> RunCard:
+    """The validated run card in file `path`, a regular file of at most MAX_CARD_BYTES inside `root`
+    (default: its folder). Raises `RefusedFile` (not a regular file, too large, a link out of `root`),
+    OSError (cannot be read) or CardInvalid (not JSON: "unreadable: ...", or not a valid card)."""
     path = Path(path)
-    if path.stat().st_size > MAX_CARD_BYTES:
-        raise CardInvalid(f"larger than {MAX_CARD_BYTES} bytes")
+    data = read_regular_file(path, MAX_CARD_BYTES, root=root if root is not None else path.parent)
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise CardInvalid(f"unreadable: {type(error).__name__}: {error}") from error
     return RunCard.from_dict(values)
@@ -240,7 +275,7 @@ def finished_card(path: str | Path, cell_key: str) -> RunCard | None:
     """The run card at `path` if it is a valid, finished (status ok) card of this very cell, else None."""
     try:
         card = read_card(path)
-    except (OSError, CardInvalid):
+    except (OSError, RefusedFile, CardInvalid):
         return None
     return card if card.ok and card.cell_key == cell_key else None
 

@@ -10,6 +10,7 @@ training is data-parallel, and rank 0 alone writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -22,16 +23,18 @@ from typing import Any
 
 import torch
 
+import cleanbench
 from cleanbench import distributed, environment, runcard, stages
+from cleanbench.artifacts import CellArtifacts
 from cleanbench.attacks.base import Attack
-from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, ArtifactCache, content_key
-from cleanbench.cached import CellCache
+from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, content_key
 from cleanbench.config import RunConfig, budget_label, build_options, validate
 from cleanbench.data.base import class_index
 from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.evaluation import clean_accuracy
+from cleanbench.fileio import StorageError, remove_stale_temporaries
 from cleanbench.models import ModelBundle, build_model, check_model
 from cleanbench.poisoning import poison_budget
 from cleanbench.presets import setting_record
@@ -103,16 +106,16 @@ class Plan:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = validate(config)
+        if config.attack != "none":
+            poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)
         self.defense_cls: type[Defense] = DEFENSES.get(config.defense)
-        self.tuning = apply_record(config)
         self.attack_options = build_options(self.attack_cls.Options, config.attack_options, f"attack {config.attack!r} options")
         defaults = config.defense_defaults.get(config.defense, {})
-        self.defense_options = build_options(
-            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
-        )
+        build_options(self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options")
         self.device = resolve_device(config.device)
         self._data_parts: dict[str, dict[str, Any]] = {}
+        self._keys: dict[str, str] = {}  # computed once: a grid's expansion asks for each key several times
         check_model(config.model.name, config.model.pretrained)
         if config.data.source == "embedded":
             try:
@@ -120,8 +123,10 @@ class Plan:
             except ValueError as error:
                 raise UsageError(f"target {config.target!r}: {error}; use --target NAME") from error
             config.target = SHAPES[target_index]
-        if config.attack != "none":
-            poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
+        self.tuning = apply_record(config)  # after the checks of the user's own options
+        self.defense_options = build_options(
+            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
+        )
 
     @property
     def budget_label(self) -> str:
@@ -133,7 +138,7 @@ class Plan:
         """The data settings one artifact depends on (`part`: pretrain, clean or eval), with a content
         digest of each file or folder they name, so that changed files get new keys."""
         if part not in self._data_parts:
-            data = asdict(self.config.data)
+            data = {f.name: getattr(self.config.data, f.name) for f in dataclasses.fields(self.config.data)}  # scalars
             fields = {"clean": _CLEAN_FIELDS, "eval": _EVAL_FIELDS}.get(part)
             if fields is None:
                 fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS
@@ -149,11 +154,13 @@ class Plan:
 
     def poisoned_model_key(self) -> str:
         """Hash of exactly what determines the poisoned model."""
+        if "poisoned" in self._keys:
+            return self._keys["poisoned"]
         c = self.config
         model = {k: v for k, v in asdict(c.model).items() if k != "trust_checkpoint"}
-        return content_key({
+        self._keys["poisoned"] = content_key({
             "artifact": "poisoned-model", "setting": c.setting,
-            "cleanbench": runcard.versions()["cleanbench"],
+            "cleanbench": cleanbench.__version__,
             "attack": c.attack, "attack_version": self.attack_cls.version,
             "attack_options": asdict(self.attack_options),
             "poison_rate": c.poison_rate if c.attack != "none" else None,
@@ -162,6 +169,7 @@ class Plan:
             "model": model, "model_digest": _digest(c.model.name.removeprefix("local-dir:")),
             "pretrained_digest": _digest(c.model.pretrained),
         })
+        return self._keys["poisoned"]
 
     def _defense_inputs(self) -> dict[str, Any]:
         return {"poisoned": self.poisoned_model_key(), "defense": self.config.defense,
@@ -172,13 +180,15 @@ class Plan:
         """Hash of exactly what determines the defended model (the poisoned model's key for `none`)."""
         if self.defense_is_identity:
             return self.poisoned_model_key()
-        return content_key({"artifact": "defended-model", "cleanbench": runcard.versions()["cleanbench"],
-                            **self._defense_inputs()})
+        if "defended" not in self._keys:
+            self._keys["defended"] = content_key({"artifact": "defended-model", "cleanbench": cleanbench.__version__,
+                                                  **self._defense_inputs()})
+        return self._keys["defended"]
 
     def evaluation_key(self, model_key: str) -> str:
         """Hash of what determines an evaluation: the model (whose key fixes attack, target, seed and
         data settings) and the test set."""
-        return content_key({"artifact": "evaluation", "cleanbench": runcard.versions()["cleanbench"],
+        return content_key({"artifact": "evaluation", "cleanbench": cleanbench.__version__,
                             "model": model_key, "eval_data": self._data("eval"), "threads": self.config.threads})
 
     def artifact_keys(self) -> dict[str, str]:
@@ -189,7 +199,9 @@ class Plan:
 
     def cell_key(self) -> str:
         """Hash of everything that determines the cell's run card (it names the card file)."""
-        return content_key({**self._defense_inputs(), "eval_data": self._data("eval")})
+        if "cell" not in self._keys:
+            self._keys["cell"] = content_key({**self._defense_inputs(), "eval_data": self._data("eval")})
+        return self._keys["cell"]
 
     def card_path(self) -> Path:
         """Where this cell's run card goes."""
@@ -207,6 +219,8 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
         plan.device = device
         main = distributed.is_main()
         progress, log = (progress, log) if main else (False, _silent)
+        if main and path.parent.is_dir():
+            remove_stale_temporaries(path.parent)
         card = runcard.RunCard(
             status="running", created=runcard.now(),
             command=command, reproduce=f"cleanbench run --config {path.as_posix()}",
@@ -253,8 +267,7 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
     log(f"poison: {poisoned.plan.count} of {poisoned.total} pairs -> target {cell.target_name!r} ({c.attack})")
 
     card.stage = "pretraining"
-    cache = CellCache(ArtifactCache(c.cache_dir) if c.use_cache else None, plan.artifact_keys(), card.environment,
-                      lambda note: (log(note), card.environment_notes.append(note)))
+    cache = CellArtifacts(c, plan.artifact_keys(), card.environment, log, card.environment_notes.append)
     card.artifacts = cache.record
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
@@ -265,8 +278,9 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
     log(_done("pretrain", reused, cache.keys["poisoned_model"], card.pretrain))
 
     card.stage = "evaluation"
-    evaluation = stages.EvaluateInput(bundle, cell.data.test, attack, cell.target_index, c.seed, plan.device)
-    before, _ = cache.evaluation("poisoned_evaluation", lambda: stages.evaluate(evaluation))
+    evaluation = stages.EvaluateInput(bundle, cell.data.test, attack, cell.target_index, c.seed, plan.device,
+                                      progress=progress)
+    before = cache.evaluation("poisoned_evaluation", lambda: _evaluate(cache, "poisoned_model", evaluation))
     costs["eval_seconds"], card.metrics = before["seconds"], {"poisoned": before}
     validation = cell.data.validation
     if validation is not None:
@@ -281,7 +295,7 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
     if cache.keys["defended_evaluation"] == cache.keys["poisoned_evaluation"]:
         after, cache.record["defended_evaluation_reused"] = before, True
     else:
-        after, _ = cache.evaluation("defended_evaluation", lambda: stages.evaluate(evaluation))
+        after = cache.evaluation("defended_evaluation", lambda: _evaluate(cache, "defended_model", evaluation))
         costs["eval_seconds"] += after["seconds"]
     card.metrics["defended"] = after
     if validation is not None:
@@ -295,6 +309,15 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
         runcard.write_card(path, card)
 
 
+def _evaluate(cache: CellArtifacts, model_name: str, inputs: stages.EvaluateInput) -> dict:
+    """The evaluate stage with the model's class embeddings through the cache (their cost included)."""
+    classes, seconds = cache.class_embeddings(model_name, inputs.bundle, inputs.test.classnames, inputs.test.templates,
+                                              inputs.device, inputs.progress)
+    result = stages.evaluate(dataclasses.replace(inputs, classes=classes))
+    result["seconds"] += seconds
+    return result
+
+
 def _done(stage: str, reused: bool, key: str, stats: dict) -> str:
     """The log line of a training stage."""
     if reused:
@@ -302,7 +325,7 @@ def _done(stage: str, reused: bool, key: str, stats: dict) -> str:
     return f"{stage}: {stats['steps']} steps in {stats['seconds']:.1f} s ({stats['items_per_second']:.0f} img/s)"
 
 
-def _defend(plan: Plan, cache: CellCache, bundle: ModelBundle, cell: stages.CellData, poisoned: stages.Poisoned,
+def _defend(plan: Plan, cache: CellArtifacts, bundle: ModelBundle, cell: stages.CellData, poisoned: stages.Poisoned,
             attack: Attack, progress: bool, log: Log) -> tuple[dict, float]:
     """The defend stage through the cache: the defended model lands in `bundle.model`; returns the
     stage's stored record (training, notes, seconds) and its cost. A defense of stage `none` keeps the
@@ -328,9 +351,18 @@ def _defend(plan: Plan, cache: CellCache, bundle: ModelBundle, cell: stages.Cell
 
 
 def _fail(card: runcard.RunCard, path: Path, error: Exception) -> None:
-    """Record a failed cell: the card keeps everything computed so far, plus the error."""
+    """Record a failed cell: the card keeps everything computed so far, plus the error.
+
+    When the card itself cannot be written (a full disk), that is raised, naming the path and the
+    original error."""
     card.status = "failed"
     card.error = str(error)
     card.finished = runcard.now()
-    if distributed.is_main():
+    if not distributed.is_main():
+        return
+    try:
         runcard.write_card(path, card)
+    except StorageError as write_error:
+        if isinstance(error, StorageError):
+            raise error from None
+        raise StorageError(write_error.path, write_error.__cause__, after=str(error)) from error

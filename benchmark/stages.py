@@ -3,8 +3,8 @@ defend.
 
 Every path that runs a cell or part of one calls these: the runner (`cleanbench run` and sweeps),
 `cleanbench bench`, `cleanbench check-plugin` and the GPU check, so they cannot drift from what a
-run does. A stage knows nothing of caches or run cards: `cache.cached` wraps a stage with the
-artifact cache, and the runner writes results into the `RunCard`.
+run does. A stage knows nothing of caches or run cards: `artifacts.CellArtifacts.run` wraps a stage
+with the artifact cache, and the runner writes results into the `RunCard`.
 
 A stage that acts during pretraining (a defense that filters the poisoned pairs or changes the
 training objective while the model trains) plugs into `pretrain`: its pairs and its objective are
@@ -133,12 +133,16 @@ class EvaluateInput:
     target_index: int
     seed: int
     device: torch.device
+    classes: torch.Tensor | None = None
+    """The class embeddings, when the caller has them (the runner caches them); else computed."""
+    progress: bool = False
 
 
 def evaluate(inputs: EvaluateInput) -> dict[str, Any]:
     """The evaluate stage: CA top-1/top-5 on clean test images, ASR and RA on triggered ones."""
     e = inputs
-    return zero_shot(e.bundle, e.test, e.attack, e.target_index, e.seed, e.device)
+    return zero_shot(e.bundle, e.test, e.attack, e.target_index, e.seed, e.device, classes=e.classes,
+                     progress=e.progress)
 
 
 @dataclass

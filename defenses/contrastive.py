@@ -14,7 +14,7 @@ pairs, RN50), for real models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -22,10 +22,12 @@ from torch import nn
 from cleanbench.augment import EDA, image_view
 from cleanbench.defenses.base import Defense, DefenseContext, Strength
 from cleanbench.losses import cleanclip_loss
-from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.synonyms import check_source_name, synonym_source
 from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainConfig
+
+if TYPE_CHECKING:
+    from cleanbench.models import ModelBundle
 
 REFERENCE_TRAINING: dict[str, Any] = dict(
     epochs=10, batch_size=64, lr=1e-5, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8

@@ -1,17 +1,21 @@
 """Reading a results folder's run cards: the input of every table, plot and leaderboard page.
 
-Each file is read and checked by `cleanbench.runcard.read_card`; invalid files are skipped and
-reported with the reason.
+Run cards are untrusted input (anyone can drop a JSON file into a results folder): each file is
+read and checked by `cleanbench.runcard.read_card`; invalid files are skipped and reported with
+the reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from cleanbench.fileio import RefusedFile, list_files
 from cleanbench.runcard import CardInvalid, read_card, validate_card
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["CardInvalid", "CardScan", "cards_table", "load_cards", "scan_cards", "validate_card"]
 
@@ -25,11 +29,21 @@ class CardScan:
 
 
 def scan_cards(results_dir: str | Path) -> CardScan:
-    """Read and validate every `*.json` under `results_dir/runs` (recursively, in name order)."""
+    """Read and validate every `*.json` under `results_dir/runs` (recursively, in name order).
+
+    Only regular files of at most MAX_CARD_BYTES inside `results_dir` are read (`read_regular_file`);
+    FIFOs, devices, links out of the folder or into a loop, and links to folders are skipped and listed.
+    """
     scan = CardScan()
-    for path in sorted(Path(results_dir).glob("runs/**/*.json")):
+    for path, refused in list_files(Path(results_dir) / "runs", ".json"):
+        if refused is not None:
+            scan.rejected.append((str(path), f"skipped: {refused}"))
+            continue
         try:
-            card = read_card(path).to_dict()
+            card = read_card(path, root=results_dir).to_dict()
+        except RefusedFile as error:
+            scan.rejected.append((str(path), f"skipped: {error.reason}"))
+            continue
         except OSError as error:
             scan.rejected.append((str(path), f"unreadable: {type(error).__name__}: {error}"))
             continue
@@ -50,6 +64,8 @@ def load_cards(results_dir: str | Path) -> list[dict]:
 def cards_table(cards: list[dict]) -> pd.DataFrame:
     """One row per card: attack, defense, the options, setting and commit that tell rows apart,
     budget, seed, CA/ASR before and after, time."""
+    import pandas as pd
+
     from cleanbench.leaderboard.table import setting_of, variant_labels
 
     labels = {role: variant_labels(cards, role) for role in ("attack", "defense")}

@@ -95,7 +95,12 @@ def setting_facts(cards: list[dict]) -> dict[str, Any]:
     named = first.get("setting") if isinstance(first.get("setting"), dict) else None
     tunings = [d["tuning"] for d in _defender(cards) if d["tuning"]]
     embedded = data.get("source", "embedded") == "embedded" and data.get("name", "embedded-shapes") == "embedded-shapes"
+    model_name = str((config.get("model") or {}).get("name", "?"))
+    trained = "trained from scratch" if (config.get("model") or {}).get("threat", "scratch") == "scratch" else "finetuned"
     return {
+        "headline": (f"Measured on {size}-px procedural shapes with a small CLIP ({model_name}) {trained} on "
+                     f"{_count(data.get('n_pretrain', '?'))} pairs: not comparable to CC3M or ImageNet numbers."
+                     if embedded else f"Measured on {data.get('name') or data.get('source', '?')} with {model_name}."),
         "named": named.get("name") if named else None,
         "data": DATA.get(str(data.get("name")), f"data source {data.get('source', '?')} ({data.get('name', 'unnamed')})"),
         "sizes": {"pretrain": _count(data.get("n_pretrain", "?")), "clean": n_clean, "test": n_test,
@@ -114,7 +119,7 @@ def setting_facts(cards: list[dict]) -> dict[str, Any]:
         "commits": _commits(cards),
         "comparable": (
             f"The numbers compare the attacks and defenses of this table with each other, in this setting: {size}-px "
-            "procedural shapes, a small model trained from scratch on "
+            f"procedural shapes, a small model {trained} on "
             f"{_count(data.get('n_pretrain', '?'))} pairs. They are not comparable to numbers reported on CC3M, ImageNet or other "
             "real data, neither in value nor in the size of an effect; a ranking here is evidence about the methods, "
             "to be checked at scale.") if embedded else (

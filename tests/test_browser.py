@@ -283,11 +283,11 @@ def test_the_matrix_comes_first_and_its_cells_lead_to_their_rows(browser, site):
     browser.open(site / "index.html")
     order = browser.eval("[...document.querySelectorAll('.setting-box, table.matrix-table, #defense-ranking, #attack-ranking, #leaderboard')]"
                          ".map(e => e.id || e.className)")
-    assert order == ["setting-box", "matrix-table", "defense-ranking", "attack-ranking", "leaderboard"]
+    assert order == ["matrix-table", "defense-ranking", "attack-ranking", "setting-1", "leaderboard"]
     header = browser.eval("[...document.querySelectorAll('table.matrix-table thead th')].map(t => t.textContent.trim())")
     assert header == ["attack \\\\ defense".replace("\\\\", "\\"), "none (reference)", "cleanclip", "finetune", "unimodal"]
-    assert browser.eval("document.querySelectorAll('table.matrix-table td.mcell.best').length") == 3  # cleanclip, 3 attacks
-    browser.click("table.matrix-table tbody tr:nth-child(2) td.mcell.best a")
+    assert browser.eval("document.querySelectorAll('table.matrix-table td.mcell.top').length") == 3  # cleanclip, 3 attacks
+    browser.click("table.matrix-table tbody tr:nth-child(2) td.mcell.top a")
     anchor = browser.eval("location.hash.slice(1)")
     assert anchor.startswith("row-") and browser.eval(f"document.getElementById({json.dumps(anchor)}).dataset.defense") == "cleanclip"
     assert browser.eval("document.querySelector('tr:target') !== null")

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models and training", ("models", "trainer")),
     ("poisoning and evaluation", ("poisoning", "evaluation")),
     ("defenses and detectors", ("defenses", "defenses.*", "detectors", "detectors.*")),
-    ("configuration and records", ("config", "registry", "cache", "cached", "runcard", "tuning")),
+    ("configuration and records", ("config", "registry", "cache", "artifacts", "runcard", "tuning")),
     ("stages", ("stages",)),
     ("cell", ("runner", "presets", "summary", "export")),
     ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection",

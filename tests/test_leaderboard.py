@@ -560,7 +560,9 @@ def test_the_setting_box_says_what_the_numbers_were_measured_on(tmp_path):
     _build(tmp_path, cards)
     index = (tmp_path / "site" / "index.html").read_text()
     box = index[index.index('class="setting-box"'):index.index("</section>", index.index('class="setting-box"'))]
-    assert index.index('class="setting-box"') < index.index('class="matrix-table"')
+    assert index.index('class="matrix-table"') < index.index('class="setting-box"') < index.index('id="leaderboard"')
+    lead = index[index.index('<p class="lead">'):index.index("</p>", index.index('<p class="lead">'))]
+    assert "32-px procedural shapes" in lead and "not comparable to CC3M or ImageNet numbers" in lead and "#setting-1" in lead
     for fact in ("10,000 pretraining pairs", "2,000 clean pairs for the defender", "2,000 test images", "32 px",
                  "cleanbench_tinycnn image tower", "128-d joint embedding", "trained from scratch",
                  "<strong>cleanclip</strong> 10 epochs (150 steps), lr 0.002", "None recorded in the cards",

@@ -189,7 +189,7 @@ def test_debug_shows_the_traceback_and_unexpected_errors_are_still_one_line(caps
     def broken(results_dir):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("cleanbench.leaderboard.cards.load_cards", broken)
+    monkeypatch.setattr("cleanbench.leaderboard.cards.scan_cards", broken)
     (tmp_path / "results").mkdir()
     code, _, err = _run(capsys, "results", str(tmp_path / "results"))
     assert code == 1
@@ -734,6 +734,6 @@ def test_every_test_the_reliability_page_cites_exists():
     missing = [f"{file}::{name}" for file, name in sorted(cited)
                if not re.search(rf"^def {name}\(", (REPO / "tests" / file).read_text(), re.MULTILINE)]
     assert not missing, missing
-    for file in ("test_reliability.py", "test_properties.py"):
+    for file in ("test_reliability.py", "test_properties.py", "test_robustness.py"):
         defined = set(re.findall(r"^def (test_\w+)\(", (REPO / "tests" / file).read_text(), re.MULTILINE))
         assert defined - {name for f, name in cited if f == file} == set(), f"tests of {file} not in docs/reliability.md"

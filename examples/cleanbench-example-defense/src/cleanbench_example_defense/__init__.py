@@ -10,14 +10,17 @@ finetuning hyper-parameters, extended here by `noise`), `clip_objective`, the tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from cleanbench.defenses import Defense, DefenseContext, TrainingOptions, clip_objective
-from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.trainer import InMemoryBatches
+
+if TYPE_CHECKING:  # only annotations use it: listing the plugin does not import open_clip
+    from cleanbench.models import ModelBundle
 
 __all__ = ["NoisyFinetune", "NoisyFinetuneOptions"]
 
