@@ -21,7 +21,7 @@ PACKAGES = {"benchmark": "cleanbench", "attacks": "cleanbench.attacks", "defense
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("cleanbench", "errors", "seeding", "fileio", "options", "metrics", "losses", "text",
                     "tiny_tower", "augment", "synonyms", "distributed", "executors", "environment", "peak",
-                    "detection_metrics")),
+                    "detection_metrics", "interrupts")),
     ("data", ("data", "data.*")),
     ("attacks", ("attacks", "attacks.*")),
     ("models and training", ("models", "trainer")),
@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cell", ("runner", "presets", "summary", "export")),
     ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection",
                "detection_report", "leaderboard", "leaderboard.*")),
-    ("command line", ("cli", "__main__", "detect_command", "tuning_command")),
+    ("command line", ("cli", "__main__", "detect_command", "tuning_command", "bench_command", "cache_command")),
 ]
 """Lowest first; names are relative to `cleanbench`."""
 
