@@ -62,7 +62,7 @@ from torchvision.transforms.functional import to_pil_image, to_tensor
 from cleanbench import stages
 from cleanbench.attacks.base import Attack, trigger_uint8
 from cleanbench.augment import ImageView, image_view
-from cleanbench.config import RunConfig
+from cleanbench.config import RunConfig, from_dict
 from cleanbench.data.base import ClassificationSet, PairSet, class_index
 from cleanbench.data.embedded import load_embedded
 from cleanbench.defenses.base import DefenseContext
@@ -71,6 +71,7 @@ from cleanbench.errors import UsageError
 from cleanbench.evaluation import EVAL_TRIGGER_STREAM, IMAGE_BATCH, autocast, class_embeddings, evaluate
 from cleanbench.losses import cleanclip_loss, clip_loss, clip_objective
 from cleanbench.peak import MATMUL_SIDE, matmul_peak_tflops
+from cleanbench.presets import DEFAULT_SETTING, preset_values
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import TINY_MODEL, build_model, check_model, input_size
 from cleanbench.registry import ATTACKS, DEFENSES
@@ -273,7 +274,7 @@ class _Bench:
         self.config = config
         self.log = log
         self.device = resolve_device(config.device)
-        self.cell = RunConfig()
+        self.cell = from_dict(RunConfig, preset_values(DEFAULT_SETTING))
         self.size = config.image_size or input_size(config.model)
         self.batch = config.batch_size
         self.probes: dict[str, tuple[Measure, Callable[[], object]]] = {}
@@ -563,7 +564,8 @@ def _estimate(result: BenchResult, bench: _Bench) -> dict[str, float]:
     step = lambda key: m[key].median / m[key].steps  # noqa: E731
     per_item = lambda key: m[key].median / m[key].items  # noqa: E731
     n_pretrain, n_clean, n_test = c.data.n_pretrain, c.data.n_clean, c.data.n_test
-    defense = DEFENSES.get("cleanclip").Options(batch_size=bench.batch)
+    defense = DEFENSES.get("cleanclip").Options(**c.defense_defaults.get("cleanclip", {}))
+    per_defense_step = defense.batch_size / bench.batch  # the step was timed at the bench's batch; cost ~ items
     evaluated = n_test * m["eval:evaluate"].items / bench.config.eval_images
     parts = {
         "data": once["data_seconds_per_image"] * (n_pretrain + n_clean + n_test),
@@ -573,7 +575,8 @@ def _estimate(result: BenchResult, bench: _Bench) -> dict[str, float]:
         "pretraining": c.pretrain.epochs * (n_pretrain // bench.batch) * step("train:pretrain"),
         "evaluations (2)": 2 * evaluated * per_item("eval:evaluate"),
         "defense setup": once["synonyms_load_seconds"] + per_item("setup:cleanclip") * n_clean,
-        "defense (cleanclip)": defense.epochs * (n_clean // bench.batch) * step("train:cleanclip"),
+        "defense (cleanclip)": defense.epochs * (n_clean // defense.batch_size) * per_defense_step
+                                * step("train:cleanclip"),
     }
     parts["total"] = sum(parts.values())
     return parts

@@ -325,7 +325,8 @@ def _validate_model(model: ModelConfig) -> None:
 
 
 def validate(config: RunConfig) -> RunConfig:
-    """Range checks that need more than a type."""
+    """Range checks that need more than a type (the files a config names are checked by
+    `stages.resolve_file_data`)."""
     if config.poison_rate is not None and config.poison_count is not None:
         raise UsageError("give either poison_rate or poison_count, not both")
     if config.poison_rate is not None and not 0 < config.poison_rate <= 1:
@@ -342,13 +343,6 @@ def validate(config: RunConfig) -> RunConfig:
         if getattr(config.data, name) < 1:
             raise UsageError(f"data.{name} must be >= 1")
     _validate_model(config.model)
-    if config.data.source != "embedded":
-        from cleanbench.models import input_size
-
-        config.data.image_size = input_size(config.model.name)
-    from cleanbench.data.loading import check_file_data
-
-    config.target = check_file_data(config.data, config.target)
     for name in ("epochs", "batch_size"):
         if getattr(config.pretrain, name) < 1:
             raise UsageError(f"pretrain.{name} must be >= 1")

@@ -105,7 +105,7 @@ class Plan:
     """A validated cell: the plugin classes and their options, resolved before any work starts."""
 
     def __init__(self, config: RunConfig) -> None:
-        self.config = validate(config)
+        self.config = stages.resolve_file_data(validate(config))
         if config.attack != "none":
             poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)

@@ -23,16 +23,26 @@ import torch
 from torch import nn
 
 from cleanbench.attacks.base import Attack
-from cleanbench.config import DataConfig
+from cleanbench.config import DataConfig, RunConfig
 from cleanbench.data.base import BenchmarkData, ClassificationSet, PairSet, class_index
-from cleanbench.data.loading import load_data
+from cleanbench.data.loading import check_file_data, load_data
 from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
 from cleanbench.evaluation import evaluate as zero_shot
 from cleanbench.losses import clip_objective
-from cleanbench.models import ModelBundle
+from cleanbench.models import ModelBundle, input_size
 from cleanbench.poisoning import PoisonPlan, apply_poison, plan_poison, poison_budget
 from cleanbench.seeding import derive_seed
 from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, train
+
+
+def resolve_file_data(config: RunConfig) -> RunConfig:
+    """`config` with what file data implies filled in: the model's input resolution as the image
+    size, the split sizes counted from the files, and the target checked against the evaluation
+    classes (UsageError naming the setting). Embedded data: only the target is checked."""
+    if config.data.source != "embedded":
+        config.data.image_size = input_size(config.model.name)
+    config.target = check_file_data(config.data, config.target)
+    return config
 
 
 @dataclass

@@ -175,7 +175,7 @@ def verify_command(results_dir: str, sample: int | None, seed: int, workers: int
     """Re-run the run cards in RESULTS_DIR from a cold cache and check that every metric matches exactly."""
     paths = card_paths(Path(results_dir))
     if not paths:
-        raise UsageError(f"no run cards under {results_dir!r}; give a results folder, e.g. results/sweeps/default")
+        raise UsageError(f"no run cards under {results_dir!r}; give a results folder, e.g. results/sweeps/standard")
     chosen = select(paths, sample, seed)
     threads = max(_threads(p) for p in chosen)
     workers = workers or max(1, (os.cpu_count() or 1) // threads)

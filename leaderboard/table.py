@@ -65,6 +65,8 @@ def setting_of(config: dict) -> tuple[str, str]:
              f"{pretrain.get('epochs', '?')} ep", f"target {config.get('target', '?')}"]
     if "threads" in config:
         parts.append(f"{config['threads']} thread{'s' if config['threads'] != 1 else ''}")
+    if config.get("setting"):
+        parts.insert(0, str(config["setting"]))
     return short_hash(setting), " · ".join(parts)
 
 

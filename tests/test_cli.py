@@ -21,7 +21,7 @@ def _run(capsys, *args):
         (["run", "--defense", "cleanclp"], "did you mean 'cleanclip'"),
         (["run", "--poison-rate", "1.5"], "outside (0, 1]"),
         (["run", "--poison-rate", "0"], "outside (0, 1]"),
-        (["run", "--poison-count", "20000"], "outside 0..10000"),
+        (["run", "--poison-count", "50000"], "outside 0..40000"),
         (["run", "--target", "banana"], "'banana' is not in the class list"),
         (["run", "--defense-opt", "lrr=1"], "unknown key 'lrr'; did you mean 'lr'"),
         (["run", "--defense-opt", "lr"], "expected KEY=VALUE"),

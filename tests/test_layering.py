@@ -22,12 +22,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("cleanbench", "errors", "seeding", "fileio", "options", "metrics", "losses", "text",
                     "tiny_tower", "augment", "synonyms", "distributed", "executors", "environment", "peak",
                     "detection_metrics", "interrupts")),
+    ("configuration", ("config",)),
     ("data", ("data", "data.*")),
     ("attacks", ("attacks", "attacks.*")),
     ("models and training", ("models", "trainer")),
     ("poisoning and evaluation", ("poisoning", "evaluation")),
     ("defenses and detectors", ("defenses", "defenses.*", "detectors", "detectors.*")),
-    ("configuration and records", ("config", "registry", "cache", "artifacts", "runcard", "tuning")),
+    ("records and caching", ("registry", "cache", "artifacts", "runcard", "tuning")),
     ("stages", ("stages",)),
     ("cell", ("runner", "presets", "summary", "export")),
     ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection",
@@ -36,9 +37,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 """Lowest first; names are relative to `cleanbench`."""
 
-LEADERBOARD_MAY_IMPORT = ("leaderboard", "leaderboard.*", "runcard", "errors", "metrics", "attacks", "registry")
-"""The leaderboard reads run cards; besides them it may use `errors`, `metrics` (intervals), and the
-public attacks API (`cleanbench.attacks` and the registry) to render an attack's trigger."""
+LEADERBOARD_MAY_IMPORT = ("leaderboard", "leaderboard.*", "runcard", "errors", "fileio", "metrics", "attacks",
+                          "registry")
+"""The leaderboard reads run cards; besides them it may use `errors`, `fileio` (safe file reading),
+`metrics` (intervals), and the public attacks API (`cleanbench.attacks` and the registry) to render
+an attack's trigger."""
 
 
 def modules() -> dict[str, Path]:

@@ -16,6 +16,7 @@ from cleanbench import gpu_check
 from cleanbench.cache import ArtifactCache
 from cleanbench.cli import main
 from cleanbench.config import RunConfig, from_dict, merge, validate
+from cleanbench.stages import resolve_file_data
 from cleanbench.data.synthetic import write_classes_file, write_eval_folder, write_pairs_csv
 from cleanbench.errors import UsageError
 from cleanbench.export import saving_models
@@ -141,7 +142,7 @@ def test_presets_write_down_the_paper_settings(tmp_path, files):
     train, evaluation, _ = files
     scratch = from_dict(RunConfig, merge(preset_values("paper-cc3m-rn50-scratch"),
                                          {"data": {"train": str(train), "eval": str(evaluation)}}))
-    validate(scratch)
+    resolve_file_data(validate(scratch))
     assert (scratch.model.name, scratch.model.threat, scratch.data.image_size) == ("RN50-quickgelu", "scratch", 224)
     assert (scratch.pretrain.epochs, scratch.pretrain.lr, scratch.pretrain.warmup_steps) == (64, 5e-4, 10_000)
     assert (scratch.poison_count, scratch.target, scratch.attack_options["patch_size"]) == (1500, "banana", 16)
