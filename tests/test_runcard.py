@@ -22,7 +22,7 @@ def test_every_published_card_reads_back_to_the_same_json():
 
 
 def test_a_written_card_reads_back_equal_and_unknown_keys_survive(tmp_path):
-    published = read_card(sorted(RESULTS.glob("sweeps/default/runs/*.json"))[0])
+    published = read_card(sorted(RESULTS.glob("**/runs/*.json"))[0])
     values = {**published.to_dict(), "annotation": {"kept": True}}
     card = RunCard.from_dict(values)
     assert card.extra == {"annotation": {"kept": True}}
@@ -32,7 +32,7 @@ def test_a_written_card_reads_back_equal_and_unknown_keys_survive(tmp_path):
 
 
 def test_a_running_card_is_refused_and_a_failed_one_must_say_why(tmp_path):
-    card = read_card(sorted(RESULTS.glob("sweeps/default/runs/*.json"))[0])
+    card = read_card(sorted(RESULTS.glob("**/runs/*.json"))[0])
     with pytest.raises(CardInvalid, match="status"):
         RunCard.from_dict({**card.to_dict(), "status": "running"})
     with pytest.raises(CardInvalid, match="error"):
