@@ -16,11 +16,11 @@ from cleanbench import gpu_check
 from cleanbench.cache import ArtifactCache
 from cleanbench.cli import main
 from cleanbench.config import RunConfig, from_dict, merge, validate
-from cleanbench.stages import resolve_file_data
 from cleanbench.data.synthetic import write_classes_file, write_eval_folder, write_pairs_csv
 from cleanbench.errors import UsageError
 from cleanbench.export import saving_models
 from cleanbench.presets import PRESETS, preset_values
+from cleanbench.stages import resolve_file_data
 
 SHAPES3 = ("circle", "square", "star")
 TINY = {
@@ -150,7 +150,7 @@ def test_presets_write_down_the_paper_settings(tmp_path, files):
     finetune = from_dict(RunConfig, preset_values("paper-openai-rn50-finetune"))
     assert (finetune.model.pretrained, finetune.model.threat, finetune.data.limit_pretrain) == ("openai", "finetune-pretrained", 500_000)
     assert (finetune.pretrain.epochs, finetune.pretrain.lr, finetune.pretrain.warmup_steps) == (5, 1e-6, 50)
-    assert set(PRESETS) == {"paper-cc3m-rn50-scratch", "paper-openai-rn50-finetune"}
+    assert {"paper-cc3m-rn50-scratch", "paper-openai-rn50-finetune"} <= set(PRESETS)
     with pytest.raises(UsageError, match="did you mean 'paper-cc3m-rn50-scratch'"):
         preset_values("paper-cc3m-rn50")
 
