@@ -213,6 +213,7 @@ from cleanbench.sweep.command import sweep_command; cli.add_command(sweep_comman
 from cleanbench.bench_command import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
 from cleanbench.cache_command import cache_command; cli.add_command(cache_command)  # noqa: E402, E702
 from cleanbench.verify import verify_command; cli.add_command(verify_command)  # noqa: E402, E702
+from cleanbench.doctables import doc_tables_command; cli.add_command(doc_tables_command)  # noqa: E402, E702
 from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
 from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
 

@@ -1,8 +1,8 @@
 """`cleanbench verify RESULTS`: re-run run cards from a cold cache and check that every metric matches.
 
 Each selected card's cell is re-run from its own config (the card's `threads` and plugin options
-included) in a fresh cache, in a pool of worker processes. A card matches when every metric of the
-poisoned and the defended model is exactly equal (timings excluded); otherwise the report names the
+included) in a fresh cache, in a pool of worker processes. A card matches when every metric it records is
+exactly equal in the re-run (timings excluded; metrics added to cards since are not counted); otherwise the report names the
 metrics that differ, the recorded environment facts that differ from this machine's, and the
 plugin options that resolve differently now (e.g. a default that changed since the card was made).
 """
@@ -54,11 +54,12 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def differing_metrics(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
-    """`["defended.asr.value 0.127 -> 0.131", ...]`: the metric entries whose values differ."""
+def differing_metrics(expected: dict[str, Any], actual: dict[str, Any], recorded_only: bool = False) -> list[str]:
+    """`["defended.asr.value 0.127 -> 0.131", ...]`: the metric entries whose values differ
+    (`recorded_only`: only the entries `expected` has, so metrics added since it was made are not counted)."""
     before, after = _flatten(comparable_metrics(expected)), _flatten(comparable_metrics(actual))
     out = []
-    for key in sorted(set(before) | set(after)):
+    for key in sorted(set(before) if recorded_only else set(before) | set(after)):
         if before.get(key, "absent") != after.get(key, "absent"):
             out.append(f"{key} {before.get(key, 'absent')} -> {after.get(key, 'absent')}")
     return out
@@ -142,7 +143,7 @@ def verify_card(path: str, workdir: str, plugins: tuple[str, ...] = ()) -> Outco
                        seconds=time.perf_counter() - start)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    diffs = differing_metrics(card, fresh)
+    diffs = differing_metrics(card, fresh, recorded_only=True)
     env = environment.differences(environment.recorded(card), fresh["environment"],
                                   ("cleanbench", *environment.FACTS))
     commit = runcard.git_commit()

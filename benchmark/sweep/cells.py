@@ -45,7 +45,7 @@ def expand(grid: Grid, results_dir: str | None = None, use_cache: bool = True,
         axes = (f"{len(grid.attacks)} attacks x {len(grid.defenses)} defenses x {len(grid.budgets)} budgets x "
                 f"{len(grid.seeds)} seeds")
         raise UsageError(f"{grid.path}: {grid.size():,} cells ({axes}) is above the limit of {max_cells:,}; "
-                         f"pass --max-cells {grid.size()} to expand it anyway (about 1 ms and 10-20 KB per cell), "
+                         f"pass --max-cells {grid.size()} to expand it anyway (about 0.5 ms and 2.5 KB per cell), "
                          "or split the grid")
     cells: dict[str, Cell] = {}
     for seed, (rate, count), attack, defense in itertools.product(grid.seeds, grid.budgets, grid.attacks, grid.defenses):

@@ -45,8 +45,8 @@ def _nonempty_list(value: Any, where: str, example: str) -> list:
 
 MAX_CELLS = 10_000
 """Grids above this many cells are refused unless `--max-cells` raises the limit: each cell is validated
-and keyed (about a millisecond and 10-20 KB each, docs/sweeps.md), so a typo such as 1000 seeds would
-otherwise spend minutes and gigabytes before saying anything."""
+and keyed before any work (about 0.5 ms and 2.5 KB per cell on a 2-core CPU, docs/sweeps.md), so a typo
+such as 1000 seeds would otherwise spend minutes and gigabytes before saying anything."""
 
 
 @dataclass
