@@ -33,7 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cell", ("runner", "presets", "summary", "export")),
     ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection",
                "detection_report", "leaderboard", "leaderboard.*")),
-    ("command line", ("cli", "__main__", "detect_command", "tuning_command", "bench_command", "cache_command")),
+    ("command line", ("cli", "__main__", "detect_command", "tuning_command", "bench_command", "cache_command",
+                      "doctables")),
 ]
 """Lowest first; names are relative to `cleanbench`."""
 
