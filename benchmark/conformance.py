@@ -255,14 +255,21 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers the defense; repeatable.")
 @click.option("--defense-opt", multiple=True, metavar="KEY=VALUE", help="Defense option for the check, e.g. epochs=1; repeatable.")
 @click.option("--seed", type=int, default=0, help="Seed of the tiny configuration.")
-def check_plugin(name: str, plugin: tuple[str, ...], defense_opt: tuple[str, ...], seed: int) -> None:
-    """Check that defense NAME keeps the contract, on a tiny configuration on the CPU (seconds).
+@click.option("--kind", type=click.Choice(["defense", "detector"]), default="defense", help="What kind of plugin NAME is.")
+@click.option("--detector-opt", multiple=True, metavar="KEY=VALUE", help="Detector option for the check (--kind detector); repeatable.")
+def check_plugin(name: str, plugin: tuple[str, ...], defense_opt: tuple[str, ...], seed: int, kind: str,
+                 detector_opt: tuple[str, ...]) -> None:
+    """Check that defense (or detector) NAME keeps the contract, on a tiny configuration on the CPU (seconds).
 
     Prints each passed check and the cost, then PASS; or fails with the first check that did not
     pass and why (exit 1).
     """
     for path in plugin:
         load_plugin_file(path)
+    if kind == "detector":
+        from cleanbench.detector_conformance import report_detector
+
+        return report_detector(name, parse_key_values(detector_opt, "--detector-opt"), seed)
     overrides = parse_key_values(defense_opt, "--defense-opt")
     click.echo(f"check-plugin {name!r}: tiny badnet configuration on cpu, seed {seed}")
     report = check_defense(name, overrides, seed, log=click.echo)
