@@ -10,28 +10,23 @@ the reference.
   20 % greyscale, as in the embedded-default trial.
 
 The text view is one EDA operation (Wei & Zou 2019) per caption, chosen uniformly among the ones
-available: synonym replacement and random insertion use WordNet through nltk when it is installed
-(nltk's own corpus, or Debian's `wordnet-base` database read through nltk's reader: `pip install
-"cleanbench[wordnet]"` and `apt-get install --no-install-recommends wordnet-base`); without WordNet,
-insertion repeats a word of the caption and synonym replacement is skipped. The run card's defense
-notes say which operations ran (`text_view_operations`) and where WordNet came from.
+available. Synonym replacement and random insertion read synonyms from the configured source
+(`cleanbench.synonyms`: the packaged `embedded` table by default, `wordnet`, or `none`); without
+synonyms, insertion repeats a word of the caption and synonym replacement is skipped. The run card's
+defense notes say which operations ran (`text_view_operations`) and where the synonyms came from.
 """
 
 from __future__ import annotations
 
-import functools
-import io
-import os
 import random
 import re
-import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch.nn import functional as F
 from torchvision.transforms import v2
+
+from cleanbench.synonyms import SynonymSource, synonym_source
 
 ImageView = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -99,81 +94,6 @@ def image_view(name: str) -> ImageView:
     return IMAGE_VIEWS[name]()
 
 
-WORDNET_DIRS: tuple[str, ...] = ("/usr/share/wordnet",)
-"""Where WordNet's database files are looked for when nltk has no corpus of its own: Debian's and
-Ubuntu's `wordnet-base` package installs them here (`$WNSEARCHDIR` is tried first)."""
-
-# The 45 lexicographer files of WordNet 3.0 in file-number order (lexnames(5WN)); Debian's
-# wordnet-base ships the database without the `lexnames` file that nltk's reader opens first.
-_LEXICOGRAPHER_FILES = (
-    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
-    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
-    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
-    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
-    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
-    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
-).split()
-_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
-
-
-def _database_reader(root: Path) -> Any:
-    """nltk's WordNet reader on a plain WordNet database folder (e.g. Debian's /usr/share/wordnet)."""
-    import nltk
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
-
-    if str(root) not in map(str, nltk.data.path):
-        nltk.data.path.append(str(root))  # nltk only opens files under its data path
-
-    class DatabaseReader(WordNetCorpusReader):
-        """Supplies `lexnames` when the folder lacks it; the database is WordNet 3.0 itself, so no
-        mapping to nltk's own `wordnet` corpus is needed."""
-
-        def open(self, file: str):  # noqa: A003 (nltk's name)
-            if file == "lexnames" and not (root / "lexnames").is_file():
-                return io.StringIO("".join(
-                    f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXICOGRAPHER_FILES)
-                ))
-            return super().open(file)
-
-        def map_wn(self, version: str = "wordnet") -> None:
-            return None
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "multilingual functions are not available": not used here
-        return DatabaseReader(str(root), None)
-
-
-@functools.lru_cache(maxsize=1)
-def load_wordnet() -> tuple[Any, str] | None:
-    """(nltk's WordNet reader, where it was read from), or None when nltk or WordNet is missing.
-
-    nltk's own corpus (`nltk.download("wordnet")`) is tried first, then the WordNet database files in
-    `$WNSEARCHDIR` or `WORDNET_DIRS` (`apt-get install wordnet-base`). Nothing is downloaded.
-    """
-    try:
-        import nltk  # noqa: F401
-    except ImportError:
-        return None
-    try:
-        from nltk.corpus import wordnet
-
-        wordnet.synsets("dog")
-        return wordnet, "nltk_data"
-    except Exception:  # LookupError when the corpus is not downloaded
-        pass
-    folders = [os.environ["WNSEARCHDIR"]] if os.environ.get("WNSEARCHDIR") else []
-    for folder in [*folders, *WORDNET_DIRS]:
-        root = Path(folder)
-        if (root / "data.noun").is_file() and (root / "index.noun").is_file():
-            try:
-                reader = _database_reader(root)
-                reader.synsets("dog")
-                return reader, str(root)
-            except Exception:  # an unreadable or partial database: try the next place
-                continue
-    return None
-
-
 def clean_caption(caption: str) -> str:
     """The reference's EDA cleaning: lower case, letters and spaces only, single spaces."""
     text = caption.lower().replace("'", "")
@@ -197,39 +117,25 @@ STOP_WORDS = frozenset(
 class EDA:
     """One EDA operation per caption (spec section 3.2), alpha = 0.1 for every operation.
 
-    With WordNet: synonym replacement, random insertion (of a synonym of a random word), random
-    swap and random deletion, one chosen uniformly. Without WordNet: insertion, swap and deletion,
-    where insertion repeats a random word of the caption (there is no synonym to insert).
+    With synonyms: synonym replacement, random insertion (of a synonym of a random word), random
+    swap and random deletion, one chosen uniformly. Without (source `none`): insertion, swap and
+    deletion, where insertion repeats a random word of the caption (there is no synonym to insert).
     """
 
-    def __init__(self, alpha: float = 0.1, seed: int = 0, use_wordnet: bool = True) -> None:
+    def __init__(self, alpha: float = 0.1, seed: int = 0, synonyms: SynonymSource | None = None) -> None:
         self.alpha = alpha
         self.rng = random.Random(seed)
-        loaded = load_wordnet() if use_wordnet else None
-        self.wordnet, self.wordnet_source = loaded if loaded is not None else (None, None)
-        self._synonyms: dict[str, list[str]] = {}
+        self.source = synonyms if synonyms is not None else synonym_source("none")
 
     @property
     def operations(self) -> list[str]:
-        """Names of the operations this instance can apply (depends on WordNet)."""
+        """Names of the operations this instance can apply (depends on the synonym source)."""
         ops = ["insertion", "swap", "deletion"]
-        return (["synonym"] + ops) if self.wordnet is not None else ops
+        return (["synonym"] + ops) if self.source.has_synonyms else ops
 
     def synonyms(self, word: str) -> list[str]:
-        """WordNet synonyms of `word` (lemma names cleaned to letters and spaces), sorted; [] without WordNet."""
-        if self.wordnet is None:
-            return []
-        if word not in self._synonyms:
-            names = set()
-            for synset in self.wordnet.synsets(word):
-                for lemma in synset.lemmas():
-                    name = re.sub(r"[^a-z ]", "", lemma.name().replace("_", " ").replace("-", " ").lower())
-                    name = re.sub(" +", " ", name).strip()
-                    if name:
-                        names.add(name)
-            names.discard(word)
-            self._synonyms[word] = sorted(names)
-        return self._synonyms[word]
+        """Synonyms of `word` from the source, sorted; [] without any."""
+        return self.source.synonyms(word)
 
     def _replace(self, words: list[str], n: int) -> list[str]:
         candidates = sorted({w for w in words if w not in STOP_WORDS})
@@ -248,7 +154,7 @@ class EDA:
     def _insert(self, words: list[str], n: int) -> list[str]:
         words = list(words)
         for _ in range(n):
-            if self.wordnet is None:
+            if not self.source.has_synonyms:
                 new = self.rng.choice(words)
             else:
                 new = None

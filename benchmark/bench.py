@@ -32,7 +32,7 @@ the measured float32 matmul peak of this device on these threads (`cleanbench.pe
 The cell estimate takes the defaults of `cleanbench run` (data sizes, epochs, CleanCLIP) with this
 model, batch size and image size: data generation, model build, poisoning and tokenisation scale
 with the number of pairs; pretraining and the defense are steps times the median step; the two
-evaluations are images over the evaluation's speed; WordNet is read once per process.
+evaluations are images over the evaluation's speed; the synonym table is read once per process.
 
 `--reference-triggers` adds the comparison of `cleanbench.trigger_bench`: the reference's per-image
 PIL triggers at 224 px on the CPU against cleanbench's batched uint8 path with the options that
@@ -41,7 +41,6 @@ reproduce them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -54,7 +53,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 from PIL import Image
@@ -62,8 +60,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms.functional import to_pil_image, to_tensor
 
 from cleanbench.attacks.base import Attack, trigger_uint8
-from cleanbench.augment import ImageView, image_view, load_wordnet
-from cleanbench.config import RunConfig
+from cleanbench.augment import ImageView, image_view
+from cleanbench.config import RunConfig, from_dict
 from cleanbench.data.base import ClassificationSet, PairSet, class_index
 from cleanbench.data.embedded import load_embedded
 from cleanbench.defenses.base import DefenseContext
@@ -72,12 +70,14 @@ from cleanbench.errors import UsageError
 from cleanbench.evaluation import EVAL_TRIGGER_STREAM, IMAGE_BATCH, autocast, class_embeddings, evaluate
 from cleanbench.losses import cleanclip_loss, clip_loss
 from cleanbench.peak import MATMUL_SIDE, matmul_peak_tflops
+from cleanbench.presets import DEFAULT_SETTING, preset_values
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import TINY_MODEL, build_model, check_model, input_size
 from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.runner import pretrain_objective, pretrain_batches, resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
+from cleanbench.synonyms import embedded_table
 from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig, decay_groups, train
 from cleanbench.trigger_bench import REFERENCE_OPTIONS, SIDE, reference_triggers
 
@@ -274,7 +274,7 @@ class _Bench:
         self.config = config
         self.log = log
         self.device = resolve_device(config.device)
-        self.cell = RunConfig()
+        self.cell = from_dict(RunConfig, preset_values(DEFAULT_SETTING))
         self.size = config.image_size or input_size(config.model)
         self.batch = config.batch_size
         self.probes: dict[str, tuple[Measure, Callable[[], object]]] = {}
@@ -300,12 +300,12 @@ class _Bench:
         seed_everything(derive_seed(cfg.seed, "init"))
         self.bundle = build_model(cfg.model, None, str(self.device))
         self.once["model_build_seconds"] = time.perf_counter() - start
-        if load_wordnet.cache_info().currsize == 0:
+        if embedded_table.cache_info().currsize == 0:
             start = time.perf_counter()
-            load_wordnet()
-            self.once["wordnet_load_seconds"] = time.perf_counter() - start
+            embedded_table()
+            self.once["synonyms_load_seconds"] = time.perf_counter() - start
         else:
-            self.once["wordnet_load_seconds"] = 0.0  # already read by this process
+            self.once["synonyms_load_seconds"] = 0.0  # already read by this process
         budget = poison_budget(len(self.pretrain), c.poison_rate, c.poison_count)
 
         def poison() -> PairSet:
@@ -566,7 +566,8 @@ def _estimate(result: BenchResult, bench: _Bench) -> dict[str, float]:
     step = lambda key: m[key].median / m[key].steps  # noqa: E731
     per_item = lambda key: m[key].median / m[key].items  # noqa: E731
     n_pretrain, n_clean, n_test = c.data.n_pretrain, c.data.n_clean, c.data.n_test
-    defense = DEFENSES.get("cleanclip").Options(batch_size=bench.batch)
+    defense = DEFENSES.get("cleanclip").Options(**c.defense_defaults.get("cleanclip", {}))
+    per_defense_step = defense.batch_size / bench.batch  # the step was timed at the bench's batch; cost ~ items
     evaluated = n_test * m["eval:evaluate"].items / bench.config.eval_images
     parts = {
         "data": once["data_seconds_per_image"] * (n_pretrain + n_clean + n_test),
@@ -575,8 +576,9 @@ def _estimate(result: BenchResult, bench: _Bench) -> dict[str, float]:
         "tokenise": per_item("setup:tokenise") * n_pretrain,
         "pretraining": c.pretrain.epochs * (n_pretrain // bench.batch) * step("train:pretrain"),
         "evaluations (2)": 2 * evaluated * per_item("eval:evaluate"),
-        "defense setup": once["wordnet_load_seconds"] + per_item("setup:cleanclip") * n_clean,
-        "defense (cleanclip)": defense.epochs * (n_clean // bench.batch) * step("train:cleanclip"),
+        "defense setup": once["synonyms_load_seconds"] + per_item("setup:cleanclip") * n_clean,
+        "defense (cleanclip)": defense.epochs * (n_clean // defense.batch_size) * per_defense_step
+                                * step("train:cleanclip"),
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -685,26 +687,3 @@ def format_result(result: BenchResult) -> str:
     lines.append("one default cell (`cleanbench run` defaults with this model and batch), estimated seconds:")
     lines.append("  " + ", ".join(f"{k} {v:.1f}" for k, v in result.estimate.items()))
     return "\n".join(lines)
-
-
-@click.command("bench")
-@click.option("--model", default=TINY_MODEL, help="open_clip model name.")
-@click.option("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=int, default=BenchConfig.batch_size, help="Pairs per training step.")
-@click.option("--image-size", type=int, default=None, help="Side of the data's images [default: the model's input size].")
-@click.option("--repeats", type=int, default=BenchConfig.repeats, help="Timed repetitions (after one warm-up).")
-@click.option("--steps", type=int, default=BenchConfig.steps, help="Training steps (batches) per timed call.")
-@click.option("--eval-images", type=int, default=BenchConfig.eval_images, help="Test images of the timed evaluation.")
-@click.option("--peak-tflops", type=float, default=None, help="The device's peak TFLOP/s for MFU [default: from a table of known GPUs].")
-@click.option("--reference-triggers", is_flag=True, help="Also time the reference's per-image PIL triggers at 224 px against the batched path.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON here.")
-def bench_command(model: str, device: str, batch_size: int, image_size: int | None, repeats: int, steps: int,
-                  eval_images: int, peak_tflops: float | None, reference_triggers: bool, json_path: str | None) -> None:
-    """Measure what each stage of a cell costs on this device, against the bare model."""
-    config = BenchConfig(model, device, batch_size, image_size, repeats, steps, eval_images, peak_tflops,
-                         reference_triggers)
-    result = run_bench(config, log=lambda message: click.echo(message, err=True))
-    click.echo(format_result(result))
-    if json_path:
-        Path(json_path).write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
-        click.echo(f"JSON: {json_path}")

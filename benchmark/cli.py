@@ -1,31 +1,47 @@
 """The `cleanbench` command line: run, list, results.
 
 Errors become one line on stderr and an exit code (2: bad input, 1: a run failed); `--debug`
-shows the traceback.
+shows the traceback. Help, usage errors and `list` answer in well under a second: this module and
+the command modules attached below import no torch, open_clip or plotting library at the top; each
+command imports what it uses when it runs (tests/test_robustness.py checks it).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from cleanbench import distributed
 from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
-from cleanbench.errors import CleanbenchError, RunError, UsageError
+from cleanbench.errors import CleanbenchError, Interrupted, RunError, UsageError
+from cleanbench.fileio import RESOURCE_ERRNOS, StorageError
 from cleanbench.registry import ATTACKS, DEFENSES, DETECTORS, load_plugin_file
 
 DEFAULTS = RunConfig()
 
 
-def _config_from_file(path: str) -> dict:
-    """A YAML config, or the `config` section of a run card (to reproduce it)."""
+def _config_from_file(path: str) -> tuple[dict, dict | None]:
+    """A YAML config, or the `config` section of a run card (to reproduce it, writing to this run's
+    results folder) and the card."""
     values = load_yaml(path)
-    if "schema_version" in values and "config" in values:
-        return values["config"]
-    return values
+    if "schema_version" in values and "config" in values and isinstance(values["config"], dict):
+        where = ("results_dir", "cache_dir")  # where the card's run wrote, not part of the cell: this run writes here
+        return {k: v for k, v in values["config"].items() if k not in where}, values
+    return values, None
+
+
+def _environment_note(card: dict, config: RunConfig) -> None:
+    """One line on stderr when the card being re-run was made in another environment."""
+    from cleanbench import environment
+    from cleanbench.runner import resolve_device
+
+    now = environment.current(resolve_device(config.device), config.threads)
+    note = environment.mismatch_note("this run card", environment.recorded(card), now)
+    if note:
+        click.echo(note, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -47,12 +63,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--target", default=None, help=f"Target class name or index [default: {DEFAULTS.target}].")
 @click.option("--seed", type=int, default=None, help=f"Run seed [default: {DEFAULTS.seed}].")
 @click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N [default: auto].")
+@click.option("--threads", type=int, default=None, help=f"torch threads on the CPU; part of the cell (another count gives slightly other numbers) [default: {DEFAULTS.threads}].")
 @click.option("--model", default=None, help=f"open_clip model name [default: {DEFAULTS.model.name}].")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path [default: none].")
 @click.option("--threat", default=None, type=click.Choice(["scratch", "finetune-pretrained"]), help="Train the poisoned model from random weights, or finetune --pretrained weights [default: scratch].")
 @click.option("--results-dir", default=None, help=f"Where run cards go [default: {DEFAULTS.results_dir}].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML config (or a run card to reproduce); options override it.")
-@click.option("--preset", default=None, help="Named settings under --config and the options, e.g. paper-cc3m-rn50-scratch, paper-openai-rn50-finetune (docs/real-data.md).")
+@click.option("--preset", default=None, help="Named settings under --config and the options: standard (docs/setting.md; the default without --config, --data or --model), paper-cc3m-rn50-scratch, paper-openai-rn50-finetune (docs/real-data.md).")
 @click.option("--data", default=None, type=click.Path(dir_okay=False), help="CSV of image-caption pairs (columns image,caption; paths relative to it): train on files (data.source csv).")
 @click.option("--eval-data", default=None, help="Zero-shot test set: a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT.")
 @click.option("--save-model", default=None, type=click.Path(file_okay=False), help="Folder to save the poisoned and defended models in, as open_clip folders (local-dir:).")
@@ -63,17 +80,20 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--nproc", type=int, default=1, help="Train with DDP on N processes on this machine (torchrun: one GPU each, or CPU with gloo).")
 def run(**options) -> None:
     """Run one cell: poison, pretrain, evaluate, defend, evaluate, write a run card."""
-    if options["nproc"] > 1 and not distributed.launched():
+    if options["nproc"] > 1 and int(os.environ.get("WORLD_SIZE", 1)) <= 1:  # not yet launched by torchrun
+        from cleanbench import distributed
+
         return distributed.relaunch(options["nproc"], distributed.without_option(sys.argv[1:], "--nproc"))
     for path in options["plugin"]:
         load_plugin_file(path)
-    values = _config_from_file(options["config_file"]) if options["config_file"] else {}
-    if options["preset"]:
+    values, source_card = _config_from_file(options["config_file"]) if options["config_file"] else ({}, None)
+    preset = options["preset"] or _default_preset(options)
+    if preset:
         from cleanbench.presets import preset_values
 
-        values = merge(preset_values(options["preset"]), values)
+        values = merge(preset_values(preset), values)
     overrides: dict = {}
-    for key in ("attack", "defense", "target", "seed", "device", "results_dir", "tuning"):
+    for key in ("attack", "defense", "target", "seed", "device", "threads", "results_dir", "tuning"):
         if options[key] is not None:
             overrides[key] = options[key]
     if options["poison_rate"] is not None or options["poison_count"] is not None:
@@ -100,6 +120,13 @@ def run(**options) -> None:
     if files:
         overrides["data"] = {**({"source": "csv"} if "train" in files else {}), **files}
     config = from_dict(RunConfig, merge(values, overrides), "config")
+    ATTACKS.check_name(config.attack)  # an unknown name is refused before torch is imported
+    DEFENSES.check_name(config.defense)
+
+    from cleanbench import distributed
+
+    if source_card is not None and distributed.is_main():
+        _environment_note(source_card, config)
 
     from cleanbench.export import saving_models
     from cleanbench.runner import run_cell
@@ -115,6 +142,15 @@ def run(**options) -> None:
     click.echo(f"run card: {path}")
     for name, folder in saved.items():
         click.echo(f"{name} model: local-dir:{folder}")
+
+
+def _default_preset(options: dict) -> str | None:
+    """`standard` for a run on the embedded data with the default model and no config file; None
+    otherwise (a config file, file data or another model start from the plain option defaults)."""
+    from cleanbench.presets import DEFAULT_SETTING
+
+    own = ("config_file", "data", "eval_data", "model", "pretrained", "threat")
+    return None if any(options[key] for key in own) else DEFAULT_SETTING
 
 
 @cli.command("list")
@@ -157,22 +193,37 @@ def _entry_line(entry, reference_attr: str) -> str:
 
 
 @cli.command()
-@click.argument("results_dir", default="results", type=click.Path(file_okay=False))
+@click.argument("results_dir", default=DEFAULTS.results_dir, type=click.Path(file_okay=False))
 def results(results_dir: str) -> None:
-    """Print a table of the run cards under RESULTS_DIR."""
-    from cleanbench.leaderboard.cards import cards_table, load_cards
+    """Print a table of the run cards in RESULTS_DIR (a folder with a runs/ folder, e.g. a published
+    sweep such as results/sweeps/standard, or a runs/ folder itself); files that are not valid cards
+    are listed on stderr with the reason."""
+    from cleanbench.leaderboard.cards import cards_table, scan_cards
 
-    cards = load_cards(Path(results_dir))
+    folder = Path(results_dir)
+    scan = scan_cards(folder.parent if not (folder / "runs").is_dir() and folder.name == "runs" else folder)
+    cards = [c for c in scan.cards if Path(c["_path"]).is_relative_to(folder)]
+    rejected = [(path, reason) for path, reason in scan.rejected if Path(path).is_relative_to(folder)]
+    for path, reason in rejected:
+        click.echo(f"skipped {path}: {reason}", err=True)
     if not cards:
-        raise UsageError(f"no run cards under {results_dir!r}; run `cleanbench run` first")
+        skipped = f" ({len(rejected)} files skipped, listed above)" if rejected else ""
+        raise UsageError(f"no valid run cards under {results_dir!r}{skipped}; run `cleanbench run` first, or name a "
+                         "results folder, e.g. `cleanbench results results/sweeps/standard`")
     click.echo(cards_table(cards).to_string(index=False))
+    if rejected:
+        click.echo(f"{len(cards)} run cards; {len(rejected)} files skipped (listed on stderr)")
 
 
-# Commands defined in their own modules are attached here, one line each.
+# Commands defined in their own modules are attached here, one line each. A command's module imports
+# torch, open_clip, pandas and plotting inside the command's function, never at the top.
 from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
-from cleanbench.sweep import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
-from cleanbench.bench import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.sweep.command import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
+from cleanbench.bench_command import bench_command; cli.add_command(bench_command)  # noqa: E402, E702
+from cleanbench.cache_command import cache_command; cli.add_command(cache_command)  # noqa: E402, E702
+from cleanbench.verify import verify_command; cli.add_command(verify_command)  # noqa: E402, E702
+from cleanbench.doctables import doc_tables_command; cli.add_command(doc_tables_command)  # noqa: E402, E702
 from cleanbench.tuning_command import tune_command; cli.add_command(tune_command)  # noqa: E402, E702
 from cleanbench.detect_command import detect_command, detections_command; cli.add_command(detect_command); cli.add_command(detections_command)  # noqa: E402, E702, E501
 
@@ -186,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except Interrupted as interrupt:
+        cancelled = ", ".join(f"#{i}" for i in interrupt.cancelled) or "none"
+        click.echo(f"interrupted by {interrupt.name}: {interrupt.finished} cells finished (their run cards are kept); "
+                   f"cancelled the running cells ({cancelled}), whose partial work is discarded; "
+                   "run the same command again to resume", err=True)
+        return interrupt.exit_code
     except click.ClickException as error:
         command = getattr(getattr(error, "ctx", None), "command_path", "cleanbench")
         click.echo(f"error: {error.format_message()} (see `{command} --help`)", err=True)
@@ -201,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug, not bad input: still one line, the traceback behind --debug
         if debug:
             raise
+        if isinstance(error, OSError) and error.filename and error.errno in RESOURCE_ERRNOS:
+            click.echo(f"error: {StorageError(Path(error.filename), error, action='use')}", err=True)
+            return 1
         click.echo(f"error: unexpected {type(error).__name__}: {error}; this is a bug in cleanbench or a plugin: "
                    "run again with `cleanbench --debug ...` and report the traceback", err=True)
         return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import types
 import typing
@@ -18,7 +19,22 @@ from typing import Any
 import yaml
 
 from cleanbench.errors import UsageError
-from cleanbench.trainer import TrainConfig
+from cleanbench.fileio import read_input_file
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation hyper-parameters of one training stage."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 62
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    max_logit_scale: float = 100.0
 
 
 @dataclass
@@ -88,9 +104,17 @@ class ModelConfig:
     trust_checkpoint: bool = False
 
 
+DEFAULT_RESULTS_DIR = "results/local"
+"""Where a run writes its card unless told otherwise: untracked (.gitignore), apart from the published
+cards under results/ (docs/results.md)."""
+
+
 @dataclass
 class RunConfig:
-    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it."""
+    """One benchmark cell: attack x defense x poison budget x seed, and the settings around it.
+
+    `threads` is torch's intra-op thread count on the CPU: float sums run in another order with
+    another count, so it changes the trained model and is part of the cache key."""
 
     attack: str = "badnet"
     attack_options: dict[str, Any] = field(default_factory=dict)
@@ -101,7 +125,8 @@ class RunConfig:
     target: str = "star"
     seed: int = 0
     device: str = "auto"
-    results_dir: str = "results"
+    threads: int = 1
+    results_dir: str = DEFAULT_RESULTS_DIR
     cache_dir: str | None = None
     use_cache: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -192,6 +217,12 @@ def _threat_defaults(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[list[str], dict[str, Any]]:
+    """The field names and resolved type hints of dataclass `cls` (resolving them is slow: once per class)."""
+    return [f.name for f in dataclasses.fields(cls)], typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, values: Any, where: str = "config") -> Any:
     """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types.
 
@@ -204,8 +235,8 @@ def from_dict(cls: type, values: Any, where: str = "config") -> Any:
         raise UsageError(f"{where}: expected a mapping of options, got {values!r}")
     if cls is RunConfig:
         values = _threat_defaults(values)
-    hints = typing.get_type_hints(cls)
-    check_keys(values, [f.name for f in dataclasses.fields(cls)], where)
+    names, hints = _fields(cls)
+    check_keys(values, names, where)
     kwargs = {key: check_value(value, hints[key], f"{where}.{key}") for key, value in values.items()}
     try:
         return cls(**kwargs)
@@ -229,10 +260,8 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from `path` (safe_load), or UsageError naming the file and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} does not exist")
+    text = read_input_file(path, "config file")
     try:
-        text = path.read_text()
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as error:
         raise UsageError(f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error
@@ -295,6 +324,8 @@ def validate(config: RunConfig) -> RunConfig:
         raise UsageError(f"poison count {config.poison_count} must be >= 0")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
         raise UsageError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N")
+    if config.threads < 1:
+        raise UsageError(f"threads {config.threads} must be >= 1; e.g. --threads 1 (the default)")
     if Path(config.results_dir).exists() and not Path(config.results_dir).is_dir():
         raise UsageError(f"results dir {config.results_dir!r} is a file; pass a folder to --results-dir")
     for name in ("n_pretrain", "n_clean", "n_test", "n_validation", "image_size"):

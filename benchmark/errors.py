@@ -35,3 +35,21 @@ class NonFiniteLossError(RunError):
         )
         self.stage = stage
         self.step = step
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived (`signals_raise`); exit code 128 + the signal's number (130, 143).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` (a cell's failure handling)
+    turns it into a failed run card. `cancelled` lists the cells that were running, `finished` how
+    many had finished; the sweep fills them in."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        self.cancelled: list[int] = []
+        self.finished = 0
+        super().__init__(self.name)

@@ -1,7 +1,9 @@
 """Zero-shot evaluation: CA on clean images, ASR and RA on triggered non-target images.
 
 Class embedding = mean of the L2-normalised embeddings of the class name in every prompt template,
-renormalised (spec section 5.1); computed once per model. Logits are cosine similarities.
+renormalised; computed once per model and prompt set (the runner caches them like an evaluation, and
+passes them in as `classes`). Logits are cosine similarities. With `progress`, the class embeddings
+(1,000 classes x 80 templates take minutes on a CPU) and the scoring of file-backed test sets show a bar.
 
 In-memory test sets (the embedded data) are scored in one pass. File-backed ones (ImageNet-style
 folders, torchvision datasets) stream through `FileBatches`: worker processes read and preprocess
@@ -19,8 +21,10 @@ import time
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.attacks.preview import EVAL_TRIGGER_STREAM
 from cleanbench.data.base import ClassificationSet
 from cleanbench.data.images import ImageFiles
 from cleanbench.data.lazy import FileBatches, trigger_rows
@@ -28,7 +32,6 @@ from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 
-EVAL_TRIGGER_STREAM = "eval-trigger"
 TEXT_BATCH = 2048
 IMAGE_BATCH = 512
 """Images per forward pass when scoring in-memory test sets."""
@@ -43,20 +46,25 @@ def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def class_embeddings(bundle: ModelBundle, classnames: Sequence[str], templates: Sequence[str], device) -> torch.Tensor:
+def class_embeddings(bundle: ModelBundle, classnames: Sequence[str], templates: Sequence[str], device,
+                     progress: bool = False) -> torch.Tensor:
     """(C, D) normalised class embeddings averaged over the prompt templates.
 
     Texts are encoded in chunks of whole classes (about `TEXT_BATCH` texts): 1000 classes x 80
-    templates is too big for one batch.
+    templates is too big for one batch. With `progress`, a bar counts the classes.
     """
     per_chunk = max(1, TEXT_BATCH // len(templates))
     features = []
-    for start in range(0, len(classnames), per_chunk):
-        names = classnames[start : start + per_chunk]
-        tokens = bundle.tokenizer([template.format(name) for name in names for template in templates]).to(device)
-        with autocast(device):
-            encoded = bundle.model.encode_text(tokens, normalize=True).float()
-        features.append(encoded.view(len(names), len(templates), -1).mean(dim=1))
+    bar = tqdm(total=len(classnames), desc=f"class embeddings ({len(templates)} templates)", unit="class",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    with bar:
+        for start in range(0, len(classnames), per_chunk):
+            names = classnames[start : start + per_chunk]
+            tokens = bundle.tokenizer([template.format(name) for name in names for template in templates]).to(device)
+            with autocast(device):
+                encoded = bundle.model.encode_text(tokens, normalize=True).float()
+            features.append(encoded.view(len(names), len(templates), -1).mean(dim=1))
+            bar.update(len(names))
     return torch.nn.functional.normalize(torch.cat(features), dim=-1)
 
 
@@ -91,17 +99,19 @@ def _combine_stealthiness(parts: list[tuple[int, dict[str, float]]]) -> dict[str
 
 
 def _evaluate_files(
-    bundle: ModelBundle, test: ClassificationSet, attack: Attack, target_index: int, seed: int, device, batch_size: int
+    bundle: ModelBundle, test: ClassificationSet, attack: Attack, target_index: int, seed: int, device, batch_size: int,
+    classes: torch.Tensor, progress: bool,
 ) -> dict:
     """Counts of a file-backed test set, streamed batch by batch."""
     column: ImageFiles = test.images.to(device)
     squash = column.squash_triggered
     if squash:
         column = column.reading("both")
-    classes = class_embeddings(bundle, test.classnames, test.templates, device)
     n = m = top1 = top5 = hits = recovered = 0
     parts: list[tuple[int, dict[str, float]]] = []
+    bar = tqdm(total=len(test), desc="evaluation", unit="img", disable=not progress, leave=False, dynamic_ncols=True)
     for batch in FileBatches({"images": column}, batch_size).in_order():
+        bar.update(len(batch["index"]))
         rows, images = batch["index"], batch["images"]
         clean, source = (images[:, 0], images[:, 1]) if squash else (images, images)
         labels = test.labels[rows].to(device)
@@ -119,6 +129,7 @@ def _evaluate_files(
         count = int(keep.sum())
         m += count
         parts.append((count, stealthiness(source[keep].cpu(), triggered.cpu())))
+    bar.close()
     return {"n": n, "m": m, "top1": top1, "top5": top5, "hits": hits, "recovered": recovered,
             "stealthiness": _combine_stealthiness(parts), "skipped": column.log["skipped"]}
 
@@ -131,12 +142,20 @@ def evaluate(
     seed: int,
     device,
     batch_size: int = 256,
+    classes: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> dict:
-    """CA top-1/top-5 on clean images; ASR and RA on triggered images whose class is not the target."""
+    """CA top-1/top-5 on clean images; ASR and RA on triggered images whose class is not the target.
+
+    `classes`: the model's class embeddings for `test` when already computed (else computed here).
+    """
     start = time.perf_counter()
     bundle.model.eval()
+    if classes is None:
+        classes = class_embeddings(bundle, test.classnames, test.templates, device, progress=progress)
+    classes = classes.to(device)
     if isinstance(test.images, ImageFiles):
-        counts = _evaluate_files(bundle, test, attack, target_index, seed, device, batch_size)
+        counts = _evaluate_files(bundle, test, attack, target_index, seed, device, batch_size, classes, progress)
         n, m = counts["n"], counts["m"]
         seconds = time.perf_counter() - start
         return {
@@ -149,7 +168,6 @@ def evaluate(
             "seconds": seconds,
             "images_per_second": (n + m) / max(seconds, 1e-9),
         }
-    classes = class_embeddings(bundle, test.classnames, test.templates, device)
     clean_top = predict_topk(bundle, test.images, classes, device)
     labels = test.labels
     keep = labels != target_index

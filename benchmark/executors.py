@@ -41,6 +41,9 @@ class Executor(ABC):
     def close(self) -> None:
         """Release workers."""
 
+    def cancel(self) -> None:
+        """Stop the running jobs now (their partial work is lost) and drop the queued ones."""
+
 
 class _Finished:
     """The handle of a job that already ran."""
@@ -105,7 +108,7 @@ class LocalExecutor(Executor):
             self.slots = workers or cpus
             slot_ids = [None] * self.slots
             threads = max(1, cpus // self.slots)
-            self.description = f"local pool: {self.slots} CPU worker(s), {threads} thread(s) each"
+            self.description = f"local pool: {self.slots} CPU worker(s) (torch threads: each cell's `threads` setting)"
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
         for slot in slot_ids:
@@ -123,6 +126,18 @@ class LocalExecutor(Executor):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def cancel(self) -> None:
+        """Terminate the worker processes (SIGTERM, then SIGKILL after 5 s) and drop the queued jobs."""
+        workers = list((getattr(self._pool, "_processes", None) or {}).values())  # the stdlib pool's processes
+        for worker in workers:
+            worker.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
 
 
 class SlurmExecutor(Executor):
@@ -144,10 +159,19 @@ class SlurmExecutor(Executor):
         self.cluster = self._executor.cluster
         self.slots = max_parallel or 1_000_000
         self.poll_seconds = poll_seconds
+        self._submitted: list[Any] = []
         self.description = f"submitit ({self.cluster}), logs in {folder}"
 
     def submit(self, fn: Callable[[Any], dict], job: Any) -> Any:
-        return self._executor.submit(fn, job)
+        handle = self._executor.submit(fn, job)
+        self._submitted.append(handle)
+        return handle
+
+    def cancel(self) -> None:
+        """Cancel the submitted jobs that have not finished (scancel, or a signal to a local job)."""
+        for handle in self._submitted:
+            if not handle.done():
+                handle.cancel(check=False)
 
     def wait(self, handles: Sequence[Any]) -> list[Any]:
         if self.cluster == "debug":  # debug jobs run in this process when their result is asked for

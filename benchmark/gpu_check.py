@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize(device)
         result["loader_images_per_second"] = read / (time.perf_counter() - start)
 
-        options = CleanCLIPOptions(**{**REFERENCE_OPTIONS, "epochs": 1, "batch_size": args.batch, "use_wordnet": False})
+        options = CleanCLIPOptions(**{**REFERENCE_OPTIONS, "epochs": 1, "batch_size": args.batch, "synonyms": "none"})
         context = DefenseContext(pairs, device, seed=0, progress=False)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

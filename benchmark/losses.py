@@ -8,16 +8,22 @@ With s the exponentiated, clamped logit scale and L2-normalised embeddings:
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from open_clip.loss import ClipLoss
 from torch.nn import functional as F
 
-_CLIP_LOSS = ClipLoss()
+
+@functools.cache
+def _open_clip_loss() -> torch.nn.Module:
+    from open_clip.loss import ClipLoss  # imported when a loss is computed, not when a plugin is listed
+
+    return ClipLoss()
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between matching image and text embeddings."""
-    return _CLIP_LOSS(image_features, text_features, logit_scale)
+    return _open_clip_loss()(image_features, text_features, logit_scale)
 
 
 def inmodal_loss(originals: torch.Tensor, views: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

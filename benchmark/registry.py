@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 from cleanbench.errors import RunError, UsageError
 
@@ -83,17 +83,26 @@ class Registry(Generic[T]):
             return None
         return entry.target
 
+    def check_name(self, name: str) -> None:
+        """UsageError with a did-you-mean hint unless `name` is registered (nothing is imported)."""
+        self._load_entry_points()
+        if name not in self._entries:
+            self._unknown(name)
+
+    def _unknown(self, name: str) -> NoReturn:
+        close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise UsageError(
+            f"unknown {self.kind} {name!r}; {hint}known: {', '.join(sorted(self._entries))} "
+            f"(see `cleanbench list {self.kind}s`)"
+        )
+
     def get(self, name: str) -> type[T]:
         """The class registered as `name`; UsageError with a did-you-mean hint if unknown."""
         self._load_entry_points()
         entry = self._entries.get(name)
         if entry is None:
-            close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
-            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-            raise UsageError(
-                f"unknown {self.kind} {name!r}; {hint}known: {', '.join(sorted(self._entries))} "
-                f"(see `cleanbench list {self.kind}s`)"
-            )
+            self._unknown(name)
         cls = self._resolve(entry)
         if cls is None:
             raise RunError(f"{self.kind} {name!r} ({entry.source}) failed to load: {entry.error}")

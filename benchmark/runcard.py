@@ -11,20 +11,25 @@ import datetime as _dt
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import open_clip
-import torch
+from typing import TYPE_CHECKING, Any
 
 import cleanbench
 from cleanbench.fileio import write_json_atomic
 
+if TYPE_CHECKING:
+    import torch
+
 SCHEMA_VERSION = 1
+MAX_CARD_BYTES = 20_000_000
+"""Readers skip larger files: a run card is a few hundred kilobytes at most."""
 
 
 def versions() -> dict[str, str]:
     """Versions of the software that determines the numbers."""
+    import numpy as np
+    import open_clip
+    import torch
+
     return {
         "cleanbench": cleanbench.__version__,
         "torch": torch.__version__,
@@ -52,6 +57,8 @@ def git_commit() -> str | None:
 
 def device_info(device: torch.device) -> dict[str, Any]:
     """The device a run used."""
+    import torch
+
     info: dict[str, Any] = {"type": device.type, "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)

@@ -10,23 +10,25 @@ training is data-parallel, and rank 0 alone writes files.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cleanbench import distributed, runcard
+import cleanbench
+from cleanbench import distributed, environment, runcard
+from cleanbench.artifacts import CellArtifacts
 from cleanbench.attacks.base import Attack
-from cleanbench.cache import DEFENDED_MODELS, EVALUATIONS, POISONED_MODELS, ArtifactCache, content_key
+from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, content_key
 from cleanbench.config import RunConfig, budget_label, build_options, validate
 from cleanbench.data.base import PairSet, class_index
 from cleanbench.data.loading import load_data
@@ -34,6 +36,7 @@ from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.evaluation import clean_accuracy, evaluate
+from cleanbench.fileio import StorageError, remove_stale_temporaries
 from cleanbench.losses import clip_loss
 from cleanbench.models import ModelBundle, build_model, check_model
 from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
@@ -107,16 +110,16 @@ class Plan:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = validate(config)
+        if config.attack != "none":
+            poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)
         self.defense_cls: type[Defense] = DEFENSES.get(config.defense)
-        self.tuning = apply_record(config)
         self.attack_options = build_options(self.attack_cls.Options, config.attack_options, f"attack {config.attack!r} options")
         defaults = config.defense_defaults.get(config.defense, {})
-        self.defense_options = build_options(
-            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
-        )
+        build_options(self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options")
         self.device = resolve_device(config.device)
         self._data_parts: dict[str, dict[str, Any]] = {}
+        self._keys: dict[str, str] = {}  # computed once: a grid's expansion asks for each key several times
         check_model(config.model.name, config.model.pretrained)
         if config.data.source == "embedded":
             try:
@@ -124,8 +127,10 @@ class Plan:
             except ValueError as error:
                 raise UsageError(f"target {config.target!r}: {error}; use --target NAME") from error
             config.target = SHAPES[target_index]
-        if config.attack != "none":
-            poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
+        self.tuning = apply_record(config)  # after the checks of the user's own options
+        self.defense_options = build_options(
+            self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"
+        )
 
     @property
     def budget_label(self) -> str:
@@ -137,7 +142,7 @@ class Plan:
         """The data settings one artifact depends on (`part`: pretrain, clean or eval), with a content
         digest of each file or folder they name, so that changed files get new keys."""
         if part not in self._data_parts:
-            data = asdict(self.config.data)
+            data = {f.name: getattr(self.config.data, f.name) for f in dataclasses.fields(self.config.data)}  # scalars
             fields = {"clean": _CLEAN_FIELDS, "eval": _EVAL_FIELDS}.get(part)
             if fields is None:
                 fields = tuple(k for k in data if k not in _CLEAN_FIELDS + _EVAL_FIELDS + _SPEED_FIELDS
@@ -153,37 +158,42 @@ class Plan:
 
     def poisoned_model_key(self) -> str:
         """Hash of exactly what determines the poisoned model."""
+        if "poisoned" in self._keys:
+            return self._keys["poisoned"]
         c = self.config
         model = {k: v for k, v in asdict(c.model).items() if k != "trust_checkpoint"}
-        return content_key({
+        self._keys["poisoned"] = content_key({
             "artifact": "poisoned-model", "setting": c.setting,
-            "cleanbench": runcard.versions()["cleanbench"],
+            "cleanbench": cleanbench.__version__,
             "attack": c.attack, "attack_version": self.attack_cls.version,
             "attack_options": asdict(self.attack_options),
             "poison_rate": c.poison_rate if c.attack != "none" else None,
             "poison_count": c.poison_count if c.attack != "none" else None,
-            "target": c.target, "seed": c.seed, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
+            "target": c.target, "seed": c.seed, "threads": c.threads, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
             "model": model, "model_digest": _digest(c.model.name.removeprefix("local-dir:")),
             "pretrained_digest": _digest(c.model.pretrained),
         })
+        return self._keys["poisoned"]
 
     def _defense_inputs(self) -> dict[str, Any]:
         return {"poisoned": self.poisoned_model_key(), "defense": self.config.defense,
                 "defense_version": self.defense_cls.version, "defense_options": asdict(self.defense_options),
-                "clean_data": self._data("clean")}
+                "clean_data": self._data("clean"), "threads": self.config.threads}
 
     def defended_model_key(self) -> str:
         """Hash of exactly what determines the defended model (the poisoned model's key for `none`)."""
         if self.defense_is_identity:
             return self.poisoned_model_key()
-        return content_key({"artifact": "defended-model", "cleanbench": runcard.versions()["cleanbench"],
-                            **self._defense_inputs()})
+        if "defended" not in self._keys:
+            self._keys["defended"] = content_key({"artifact": "defended-model", "cleanbench": cleanbench.__version__,
+                                                  **self._defense_inputs()})
+        return self._keys["defended"]
 
     def evaluation_key(self, model_key: str) -> str:
         """Hash of what determines an evaluation: the model (whose key fixes attack, target, seed and
         data settings) and the test set."""
-        return content_key({"artifact": "evaluation", "cleanbench": runcard.versions()["cleanbench"],
-                            "model": model_key, "eval_data": self._data("eval")})
+        return content_key({"artifact": "evaluation", "cleanbench": cleanbench.__version__,
+                            "model": model_key, "eval_data": self._data("eval"), "threads": self.config.threads})
 
     def artifact_keys(self) -> dict[str, str]:
         """The keys of the cell's four artifacts, by name."""
@@ -193,7 +203,9 @@ class Plan:
 
     def cell_key(self) -> str:
         """Hash of everything that determines the cell's run card (it names the card file)."""
-        return content_key({**self._defense_inputs(), "eval_data": self._data("eval")})
+        if "cell" not in self._keys:
+            self._keys["cell"] = content_key({**self._defense_inputs(), "eval_data": self._data("eval")})
+        return self._keys["cell"]
 
     def card_path(self) -> Path:
         """Where this cell's run card goes."""
@@ -224,15 +236,17 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
     c = plan.config
     key = plan.cell_key()
     path = plan.card_path()
-    with distributed.session(plan.device) as device:
+    with distributed.session(plan.device) as device, environment.torch_threads(c.threads):
         plan.device = device
         main = distributed.is_main()
         progress, log = (progress, log) if main else (False, _silent)
+        if main and path.parent.is_dir():
+            remove_stale_temporaries(path.parent)
         card: dict[str, Any] = {
             "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
             "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
             "config": c.to_dict(), "seed": c.seed, "cell_key": key, "setting": setting_record(c),
-            "versions": runcard.versions(), "git_commit": runcard.git_commit(),
+            "versions": runcard.versions(), "environment": environment.current(device), "git_commit": runcard.git_commit(),
             "device": {**runcard.device_info(device), "processes": distributed.world_size()},
             "attack": {"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
             "defense": {"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
@@ -254,51 +268,6 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
 
 def _silent(message: str) -> None:
     """The log of ranks other than 0."""
-
-
-class _Artifacts:
-    """The cell's cache (or none with `use_cache: false`), recording in the card what was reused."""
-
-    def __init__(self, plan: Plan, card: dict[str, Any]) -> None:
-        self.cache = ArtifactCache(plan.config.cache_dir) if plan.config.use_cache else None
-        self.keys = plan.artifact_keys()
-        self.record = card["artifacts"] = {}
-        for name, key in self.keys.items():
-            self.record[name] = key
-            self.record[f"{name}_reused"] = False
-
-    @contextlib.contextmanager
-    def computing(self, kind: str, name: str) -> Iterator[None]:
-        """Hold the artifact's lock (rank 0 only: the other ranks follow its decisions)."""
-        if self.cache is None or not distributed.is_main():
-            yield
-            return
-        with self.cache.lock(kind, self.keys[name]):
-            yield
-
-    def load_model(self, kind: str, name: str, model: torch.nn.Module) -> dict | None:
-        """The stored metadata after loading the weights into `model`, or None when it must be computed."""
-        found = self.cache is not None and distributed.agree(self.cache.has(kind, self.keys[name]))
-        meta = self.cache.load(kind, self.keys[name], model) if found else None
-        if not distributed.agree(meta is not None):
-            return None
-        self.record[f"{name}_reused"] = True
-        return meta
-
-    def save_model(self, kind: str, name: str, model: torch.nn.Module, meta: dict) -> None:
-        if self.cache is not None and distributed.is_main():
-            self.cache.save(kind, self.keys[name], model, meta)
-
-    def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
-        """A cached evaluation, or `compute()` stored under its key."""
-        stored = self.cache.load_json(EVALUATIONS, self.keys[name]) if self.cache is not None else None
-        if distributed.agree(stored is not None):
-            self.record[f"{name}_reused"] = True
-            return stored if stored is not None else compute()
-        value = compute()
-        if self.cache is not None and distributed.is_main():
-            self.cache.save_json(EVALUATIONS, self.keys[name], value)
-        return value
 
 
 def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: Log) -> None:
@@ -334,7 +303,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     log(f"poison: {poison.count} of {len(data.pretrain)} pairs -> target {target_name!r} ({c.attack})")
 
     card["stage"] = "pretraining"
-    artifacts = _Artifacts(plan, card)
+    artifacts = CellArtifacts(plan.config, plan.artifact_keys(), card, log)
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
     with artifacts.computing(POISONED_MODELS, "poisoned_model"):
@@ -353,9 +322,15 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     costs["pretrain_seconds"] = card["pretrain"]["seconds"]
 
     card["stage"] = "evaluation"
-    before = artifacts.evaluation(
-        "poisoned_evaluation", lambda: evaluate(bundle, data.test, attack, target_index, c.seed, plan.device)
-    )
+    def evaluation(model_name: str) -> dict:
+        """The model's evaluation: its class embeddings through the cache, then the test images scored."""
+        classes, seconds = artifacts.class_embeddings(model_name, bundle, data.test.classnames, data.test.templates,
+                                                      plan.device, progress)
+        result = evaluate(bundle, data.test, attack, target_index, c.seed, plan.device, classes=classes, progress=progress)
+        result["seconds"] += seconds
+        return result
+
+    before = artifacts.evaluation("poisoned_evaluation", lambda: evaluation("poisoned_model"))
     costs["eval_seconds"] = before["seconds"]
     card["metrics"] = {"poisoned": before}
     if data.validation is not None:
@@ -393,9 +368,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
         after = before
         artifacts.record["defended_evaluation_reused"] = True
     else:
-        after = artifacts.evaluation(
-            "defended_evaluation", lambda: evaluate(bundle, data.test, attack, target_index, c.seed, plan.device)
-        )
+        after = artifacts.evaluation("defended_evaluation", lambda: evaluation("defended_model"))
         costs["eval_seconds"] += after["seconds"]
     card["metrics"]["defended"] = after
     if data.validation is not None:
@@ -409,7 +382,7 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
     }
     costs["total_seconds"] = sum(costs.values())
     card["wall_seconds"] = time.perf_counter() - wall_start
-    card["reused"] = [name for name in artifacts.keys if artifacts.record[f"{name}_reused"]]
+    card["reused"] = artifacts.reused()
     card["status"] = "ok"
     card.pop("stage", None)
     card["finished"] = runcard.now()
@@ -418,9 +391,18 @@ def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: 
 
 
 def _fail(card: dict, path: Path, error: Exception) -> None:
-    """Record a failed cell: the card keeps everything computed so far, plus the error."""
+    """Record a failed cell: the card keeps everything computed so far, plus the error.
+
+    When the card itself cannot be written (a full disk), that is raised, naming the path and the
+    original error."""
     card["status"] = "failed"
     card["error"] = str(error)
     card["finished"] = runcard.now()
-    if distributed.is_main():
+    if not distributed.is_main():
+        return
+    try:
         runcard.write_card(path, card)
+    except StorageError as write_error:
+        if isinstance(error, StorageError):
+            raise error from None
+        raise StorageError(write_error.path, write_error.__cause__, after=str(error)) from error

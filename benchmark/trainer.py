@@ -19,27 +19,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cleanbench import distributed
+from cleanbench.config import TrainConfig
 from cleanbench.data.lazy import file_batches
 from cleanbench.errors import NonFiniteLossError
 from cleanbench.seeding import derive_seed, torch_generator
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation hyper-parameters of one training stage."""
-
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup_steps: int = 62
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    max_logit_scale: float = 100.0
 
 
 @dataclass

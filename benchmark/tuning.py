@@ -51,7 +51,10 @@ def validation_drop(card: dict) -> float:
     if not validation:
         raise UsageError("the tuning protocol needs a validation split: only embedded data has one "
                          "(data.n_validation); file data cannot be tuned yet")
-    return 100 * (validation["poisoned"]["ca_top1"]["value"] - validation["defended"]["ca_top1"]["value"])
+    before, after = validation["poisoned"]["ca_top1"], validation["defended"]["ca_top1"]
+    if "successes" in before and before.get("total") == after.get("total"):  # exact: 20 of 1,000 is 2.0 points
+        return 100 * (before["successes"] - after["successes"]) / before["total"]
+    return 100 * (before["value"] - after["value"])
 
 
 def defense_record(knob: str, grid: list[float], cards: list[list[dict]], budget_points: float) -> dict[str, Any]:
@@ -103,11 +106,14 @@ def load_record(path: str | Path) -> dict[str, Any]:
 
 def apply_record(config: RunConfig) -> dict[str, Any] | None:
     """Set the config's defense option from its tuning record (`config.tuning`); returns what the run
-    card records about it, or None when the record has no entry for this defense or no record is given.
+    card records about it, or None when no record is given, the defense has no strength knob, or the
+    record has no entry for it.
 
     An explicit option with another value than the record's choice is refused: the two disagree."""
-    if not config.tuning:
-        return None
+    from cleanbench.registry import DEFENSES
+
+    if not config.tuning or DEFENSES.get(config.defense).strength is None:
+        return None  # a defense without a strength knob is never tuned
     values = load_record(config.tuning)
     entry = values["defenses"].get(config.defense)
     if entry is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,9 +25,11 @@ from torch import nn
 from cleanbench.attacks.base import Attack, trigger_uint8
 from cleanbench.data.base import ClassificationSet, PairSet
 from cleanbench.errors import RunError
-from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, train
+
+if TYPE_CHECKING:
+    from cleanbench.models import ModelBundle
 
 CLEAN_PAIRS = "clean_pairs"
 PRETRAIN_PAIRS = "pretrain_pairs"

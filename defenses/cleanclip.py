@@ -28,7 +28,7 @@ class CleanCLIPOptions(ViewOptions):
             raise ValueError("clip_weight and inmodal_weight must be >= 0 and not both 0")
 
 
-REFERENCE_OPTIONS = dict(REFERENCE_TRAINING, image_view="autoaugment", clip_weight=1.0, inmodal_weight=1.0)
+REFERENCE_OPTIONS = dict(REFERENCE_TRAINING, image_view="autoaugment", synonyms="wordnet", clip_weight=1.0, inmodal_weight=1.0)
 """The reference implementation's CleanCLIP settings (spec section 3.3)."""
 
 

@@ -14,7 +14,7 @@ pairs, RN50), for real models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -22,9 +22,12 @@ from torch import nn
 from cleanbench.augment import EDA, image_view
 from cleanbench.defenses.base import Defense, DefenseContext, Strength
 from cleanbench.losses import cleanclip_loss
-from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
+from cleanbench.synonyms import check_source_name, synonym_source
 from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainConfig
+
+if TYPE_CHECKING:
+    from cleanbench.models import ModelBundle
 
 REFERENCE_TRAINING: dict[str, Any] = dict(
     epochs=10, batch_size=64, lr=1e-5, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
@@ -70,11 +73,12 @@ class ViewOptions(TrainingOptions):
     """Training options plus the augmented views of the in-modal losses (benchmark/augment.py)."""
 
     image_view: str = "autoaugment"
-    use_wordnet: bool = True
+    synonyms: str = "embedded"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         image_view(self.image_view)  # raises on an unknown view
+        check_source_name(self.synonyms)  # raises on an unknown source, or on `wordnet` without WordNet
 
 
 class ContrastiveFinetune(Defense):
@@ -97,10 +101,10 @@ class ContrastiveFinetune(Defense):
         items_per_pair = 1
         view = None
         if inmodal_weight:
-            eda = EDA(seed=derive_seed(context.seed, self.name, "eda"), use_wordnet=options.use_wordnet)
+            eda = EDA(seed=derive_seed(context.seed, self.name, "eda"), synonyms=synonym_source(options.synonyms))
             tensors["text_views"] = bundle.tokenizer(eda.views(clean.captions)).to(context.device)
             context.notes["text_view_operations"] = eda.operations
-            context.notes["wordnet"] = eda.wordnet_source
+            context.notes["synonyms_from"] = eda.source.origin
             context.notes["image_view"] = options.image_view
             view = image_view(options.image_view)
             items_per_pair = 2

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from cleanbench.attacks.base import NoOptions
 from cleanbench.defenses.base import Defense, DefenseContext
-from cleanbench.models import ModelBundle
+
+if TYPE_CHECKING:
+    from cleanbench.models import ModelBundle
 
 
 class NoDefense(Defense):

@@ -15,7 +15,7 @@ Needs a class label for every clean image (`PairSet.labels >= 0`) and the class 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -24,9 +24,11 @@ from torch.nn import functional as F
 from cleanbench.defenses.base import Defense, DefenseContext
 from cleanbench.defenses.contrastive import TrainingOptions
 from cleanbench.errors import UsageError
-from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed
 from cleanbench.trainer import Batch, InMemoryBatches
+
+if TYPE_CHECKING:
+    from cleanbench.models import ModelBundle
 
 HEADS = ("zeroshot", "linear")
 

@@ -18,7 +18,7 @@ class UnimodalOptions(ViewOptions):
     """Hyper-parameters of in-modal-only finetuning: training and views, as CleanCLIP's."""
 
 
-REFERENCE_OPTIONS = dict(REFERENCE_TRAINING, image_view="autoaugment")
+REFERENCE_OPTIONS = dict(REFERENCE_TRAINING, image_view="autoaugment", synonyms="wordnet")
 """The reference's settings: CleanCLIP's with the CLIP-loss weight set to 0 (spec section 4)."""
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 
 from cleanbench.data.base import PairSet
 from cleanbench.data.lazy import LazyColumn, file_batches
-from cleanbench.models import ModelBundle
+
+if TYPE_CHECKING:  # annotations only: listing detectors imports no open_clip
+    from cleanbench.models import ModelBundle
 
 
 @dataclass(frozen=True)

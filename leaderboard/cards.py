@@ -10,18 +10,23 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from cleanbench.fileio import RefusedFile, list_files, read_regular_file
+from cleanbench.runcard import MAX_CARD_BYTES, SCHEMA_VERSION
 
-from cleanbench.runcard import SCHEMA_VERSION
+if TYPE_CHECKING:
+    import pandas as pd
 
 REQUIRED_KEYS = ("schema_version", "status", "config", "attack", "defense")
 STATUSES = ("ok", "failed")
 STAGES = ("poisoned", "defended")
 PROPORTIONS = ("ca_top1", "ca_top5", "asr", "ra")
-MAX_CARD_BYTES = 20_000_000
 MAX_NAME_CHARS = 500
+MAX_SECONDS = 1e8
+"""Costs and durations above this (about three years) are absurd: refused, like infinities."""
+MAX_COUNT = 10**12
+"""Counts above this (images, pairs, seeds' magnitude) are absurd."""
 _TOLERANCE = 1e-6
 
 
@@ -54,6 +59,14 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
+def _finite(value: Any, where: str, low: float, high: float, nan: bool = False) -> None:
+    """A number in [low, high] (NaN too when `nan`); infinities and absurd magnitudes are refused."""
+    _require(_is_number(value), f"{where}: expected a number, got {value!r}")
+    if nan and math.isnan(value):
+        return
+    _require(math.isfinite(value) and low <= value <= high, f"{where}: {value!r} is not a finite number in [{low:g}, {high:g}]")
+
+
 def _optional(card: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> None:
     if card.get(key) is not None:
         _require(isinstance(card[key], kind), f"{where}{key}: expected {getattr(kind, '__name__', kind)}")
@@ -63,7 +76,8 @@ def _check_proportion(value: Any, where: str) -> None:
     """{successes, total, value, low, high}: counts in range, value = successes/total, low <= value <= high."""
     _require(isinstance(value, dict), f"{where}: expected an object")
     k, n = value.get("successes"), value.get("total")
-    _require(_is_int(k) and _is_int(n) and 0 <= k <= n, f"{where}: successes and total must be integers, 0 <= successes <= total")
+    _require(_is_int(k) and _is_int(n) and 0 <= k <= n <= MAX_COUNT,
+             f"{where}: successes and total must be integers, 0 <= successes <= total <= {MAX_COUNT}")
     numbers = [value.get(name) for name in ("value", "low", "high")]
     if n == 0:
         _require(all(v is None or (_is_number(v) and math.isnan(v)) for v in numbers), f"{where}: total 0 must have NaN values")
@@ -85,6 +99,17 @@ def _check_metrics(metrics: Any, status: str) -> None:
         _require(isinstance(metrics[stage], dict), f"metrics.{stage}: expected an object")
         for name in PROPORTIONS:
             _check_proportion(metrics[stage].get(name), f"metrics.{stage}.{name}")
+        for name in ("seconds", "images_per_second"):
+            if name in metrics[stage]:
+                _finite(metrics[stage][name], f"metrics.{stage}.{name}", 0, MAX_SECONDS if name == "seconds" else 1e12)
+        stealth = metrics[stage].get("stealthiness", {})
+        _require(isinstance(stealth, dict), f"metrics.{stage}.stealthiness: expected an object")
+        for name, value in stealth.items():
+            _finite(value, f"metrics.{stage}.stealthiness.{name}", 0, 1e4, nan=True)
+    change = metrics.get("change", {})
+    _require(isinstance(change, dict), "metrics.change: expected an object")
+    for name, value in change.items():
+        _finite(value, f"metrics.change.{name}", -1, 1, nan=True)
 
 
 def validate_card(card: Any) -> dict:
@@ -104,16 +129,16 @@ def validate_card(card: Any) -> dict:
     config = _mapping(card, "config")
     _name(config.get("attack"), "config.attack")
     _name(config.get("defense"), "config.defense")
-    _require(_is_int(config.get("seed")), "config.seed: expected an integer")
+    _require(_is_int(config.get("seed")) and abs(config["seed"]) < 2**63, "config.seed: expected a 64-bit integer")
     _require(config.get("poison_rate") is None or (_is_number(config["poison_rate"]) and 0 <= config["poison_rate"] <= 1),
              "config.poison_rate: expected a number in [0, 1] or null")
-    _require(config.get("poison_count") is None or (_is_int(config["poison_count"]) and config["poison_count"] >= 0),
-             "config.poison_count: expected a non-negative integer or null")
+    _require(config.get("poison_count") is None or (_is_int(config["poison_count"]) and 0 <= config["poison_count"] <= MAX_COUNT),
+             f"config.poison_count: expected an integer in [0, {MAX_COUNT}] or null")
     for key in ("attack_options", "defense_options", "data", "model", "pretrain"):
         _require(isinstance(config.get(key, {}), dict), f"config.{key}: expected an object")
     _require(isinstance(config.get("target", ""), str), "config.target: expected a string")
     n_pretrain = config.get("data", {}).get("n_pretrain", 1)
-    _require(_is_int(n_pretrain) and n_pretrain >= 1, "config.data.n_pretrain: expected an integer >= 1")
+    _require(_is_int(n_pretrain) and 1 <= n_pretrain <= MAX_COUNT, f"config.data.n_pretrain: expected an integer in [1, {MAX_COUNT}]")
     _require(isinstance(config.get("model", {}).get("name", ""), str), "config.model.name: expected a string")
 
     for role in ("attack", "defense"):
@@ -129,12 +154,20 @@ def validate_card(card: Any) -> dict:
         _require(isinstance(card.get("error"), str), "error: a failed card must say why (a string)")
     costs = card.get("costs", {})
     _require(isinstance(costs, dict), "costs: expected an object")
-    for key in ("defense_seconds", "total_seconds"):
-        _require(key not in costs or (_is_number(costs[key]) and costs[key] >= 0), f"costs.{key}: expected a number >= 0")
+    for key, value in costs.items():
+        _finite(value, f"costs.{key}", 0, MAX_SECONDS)
+    if "wall_seconds" in card:
+        _finite(card["wall_seconds"], "wall_seconds", 0, MAX_SECONDS)
     for key, kind in (("versions", dict), ("device", dict), ("artifacts", dict), ("poison", dict),
                       ("git_commit", str), ("command", str), ("reproduce", str), ("created", str), ("finished", str)):
         _optional(card, key, kind)
     _require(all(isinstance(v, str) for v in (card.get("versions") or {}).values()), "versions: expected strings")
+    poison = card.get("poison") or {}
+    for key in ("count", "candidates", "target_index"):
+        if poison.get(key) is not None:
+            _require(_is_int(poison[key]) and 0 <= poison[key] <= MAX_COUNT, f"poison.{key}: expected an integer in [0, {MAX_COUNT}]")
+    if poison.get("rate") is not None:
+        _finite(poison["rate"], "poison.rate", 0, 1)
     return card
 
 
@@ -147,13 +180,21 @@ class CardScan:
 
 
 def scan_cards(results_dir: str | Path) -> CardScan:
-    """Read and validate every `*.json` under `results_dir/runs` (recursively, in name order)."""
+    """Read and validate every `*.json` under `results_dir/runs` (recursively, in name order).
+
+    Only regular files of at most MAX_CARD_BYTES inside `results_dir` are read (`read_regular_file`);
+    FIFOs, devices, links out of the folder or into a loop, and links to folders are skipped and listed.
+    """
     scan = CardScan()
-    for path in sorted(Path(results_dir).glob("runs/**/*.json")):
+    for path, refused in list_files(Path(results_dir) / "runs", ".json"):
+        if refused is not None:
+            scan.rejected.append((str(path), f"skipped: {refused}"))
+            continue
         try:
-            if path.stat().st_size > MAX_CARD_BYTES:
-                raise CardInvalid(f"larger than {MAX_CARD_BYTES} bytes")
-            card = validate_card(json.loads(path.read_text(encoding="utf-8")))
+            card = validate_card(json.loads(read_regular_file(path, MAX_CARD_BYTES, root=results_dir).decode("utf-8")))
+        except RefusedFile as error:
+            scan.rejected.append((str(path), f"skipped: {error.reason}"))
+            continue
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             scan.rejected.append((str(path), f"unreadable: {type(error).__name__}: {error}"))
             continue
@@ -171,15 +212,25 @@ def load_cards(results_dir: str | Path) -> list[dict]:
 
 
 def cards_table(cards: list[dict]) -> pd.DataFrame:
-    """One row per card: attack, defense, budget, seed, CA/ASR before and after, time."""
+    """One row per card: attack, defense, the options, setting and commit that tell rows apart,
+    budget, seed, CA/ASR before and after, time."""
+    import pandas as pd
+
+    from cleanbench.leaderboard.table import setting_of, variant_labels
+
+    labels = {role: variant_labels(cards, role) for role in ("attack", "defense")}
     rows = []
     for card in cards:
         config = card["config"]
+        options = [labels[role][id(card)].removeprefix(config[role]).strip(" ()") for role in ("attack", "defense")]
         row = {
             "attack": card["attack"]["name"],
             "defense": card["defense"]["name"],
+            "options (attack / defense)": " / ".join(o or "-" for o in options) if any(options) else "",
             "poison": card.get("poison", {}).get("count"),
             "seed": config["seed"],
+            "setting": setting_of(config)[1],
+            "commit": str(card.get("git_commit") or "?")[:8] + ("+dirty" if str(card.get("git_commit")).endswith("+dirty") else ""),
             "status": card["status"],
         }
         metrics = card.get("metrics", {})
@@ -189,4 +240,4 @@ def cards_table(cards: list[dict]) -> pd.DataFrame:
                 row[f"{name.replace('_top1', '')}_{prefix} %"] = None if value is None else round(100 * value, 1)
         row["seconds"] = round(card.get("costs", {}).get("total_seconds", float("nan")), 1)
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["attack", "defense", "poison", "seed"], na_position="last")
+    return pd.DataFrame(rows).sort_values(["attack", "defense", "poison", "seed", "options (attack / defense)", "commit"], na_position="last")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,12 +28,16 @@ from cleanbench.leaderboard.display import (
     number,
     row_anchor,
 )
+from cleanbench.leaderboard.gallery import draw_gallery
+from cleanbench.leaderboard.papers import linked
 from cleanbench.leaderboard.plots import draw_all
+from cleanbench.leaderboard.setting import setting_facts
 from cleanbench.leaderboard.table import METRICS, NOT_RUN, Analysis, analyse, slug
 from cleanbench.leaderboard.views import attack_ranking, defense_ranking, matrices
 
 MARKER = ".cleanbench-site"
-GENERATED = ("index.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses", "plots", "static")
+GENERATED = ("index.html", "add-defense.html", "leaderboard.csv", "leaderboard.json", "cards", "attacks", "defenses",
+             "plots", "static", "gallery")
 METHODS = {
     "bootstrap": "95% bootstrap interval over seeds and test images",
     "seeds": "no interval (not a proportion)",
@@ -70,6 +75,8 @@ def _environment() -> jinja2.Environment:
     env.filters["pretty"] = lambda v: json.dumps(_plain(v), indent=2, ensure_ascii=False)
     env.filters["secs"] = lambda v: "N/A" if missing(v) else f"{v:.1f} s"
     env.filters["slug"] = slug
+    env.filters["db"] = lambda v: "n/a" if missing(v) or math.isinf(v) else f"{v:.1f} dB"
+    env.filters["unit"] = lambda v: "n/a" if missing(v) else f"{v:.3f}"
     return env
 
 
@@ -158,7 +165,7 @@ def _plugin_info(cards: list[dict], role: str, label: str) -> dict[str, Any]:
     card = next(c for c in cards if c["_cell"][1 if role == "attack" else 3] == label)
     plugin = card[role]
     return {"name": label, "plugin": plugin["name"], "description": plugin.get("description"),
-            "reference": plugin.get("paper") if role == "attack" else plugin.get("source"),
+            "reference": linked(plugin.get("paper") if role == "attack" else plugin.get("source")),
             "stage": plugin.get("stage"), "options": plugin.get("options", {})}
 
 
@@ -175,13 +182,14 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     _copy_static(site_dir)
     env = _environment()
     figures = draw_all(table, site_dir)
+    gallery = draw_gallery(scan.cards, site_dir)
 
     card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem, c['_path'])}.html" for c in scan.cards}
     card_seeds = {c["_path"]: (c["config"]["seed"], c["status"]) for c in scan.cards}
     rows = _display_rows(table, card_pages, card_seeds)
     settings = list(dict.fromkeys(table["setting"]))
     common = {"metrics": METRICS, "help": HELP, "methods": METHODS, "multi_setting": len(settings) > 1,
-              "settings": settings}
+              "settings": settings, "gallery": gallery}
     pages = 0
 
     def render(template: str, relative: str, **values: Any) -> None:
@@ -198,6 +206,7 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
            defenses=defenses, rates=list(dict.fromkeys(r["rate"] for r in sorted(rows, key=lambda r: r["rate_value"]))),
            statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected, n_cards=len(scan.cards),
            n_ok=sum(c["status"] == "ok" for c in scan.cards), views=_views(analysis, scan.cards))
+    render("add-defense.html", "add-defense.html", title="Add your defense", sweep=_sweep_facts(scan.cards, defenses, site_dir))
     for attack in attacks:
         info = _plugin_info(scan.cards, "attack", attack)
         render("plugin.html", f"attacks/{slug(attack)}.html", title=f"Attack: {attack}", role="attack", info=info,
@@ -208,23 +217,43 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
         render("plugin.html", f"defenses/{slug(defense)}.html", title=f"Defense: {defense}", role="defense", info=info,
                rows=[r for r in rows if r["defense"] == defense],
                figures=[f for f in figures if f.defense == defense or f.kind == "heatmap"])
+    cells: dict[tuple, list[dict]] = {}
+    for card in scan.cards:
+        cells.setdefault(card["_cell"], []).append(card)
     for card in scan.cards:
         page = card_pages[card["_path"]]
         raw = page.removesuffix(".html") + ".json"
         (site_dir / raw).parent.mkdir(parents=True, exist_ok=True)
         (site_dir / raw).write_text(json.dumps(_plain(card), indent=2, ensure_ascii=False), encoding="utf-8")
-        attack, defense = card["_cell"][1], card["_cell"][3]
+        setting_key, attack, rate, defense = card["_cell"]
+        reproduce = card.get("reproduce") or f"cleanbench run --config {card['_path']}"
+        siblings = [{"page": card_pages[c["_path"]], "seed": c["config"]["seed"], "status": c["status"]}
+                    for c in sorted(cells[card["_cell"]], key=lambda c: c["config"]["seed"]) if c is not card]
         render("card.html", page, title=f"Run card {Path(card['_path']).name}", card=card, raw=Path(raw).name,
-               file=Path(card["_path"]).name, reproduce=f"cleanbench run --config {card['_path']}",
+               file=Path(card["_path"]).name, reproduce=reproduce,
+               produced=card.get("command") if card.get("command") != reproduce else None,
                attack_page=f"attacks/{slug(attack)}.html", defense_page=f"defenses/{slug(defense)}.html",
-               attack=attack, defense=defense, rate=card["_cell"][2], setting=_setting_label(table, card),
-               poison=_poison_summary(card))
+               attack=attack, defense=defense, rate=rate, setting=_setting_label(table, card),
+               poison=_poison_summary(card), row_anchor=row_anchor(setting_key, attack, rate, defense), siblings=siblings)
 
     exported = export_table(table)
     exported.to_csv(site_dir / "leaderboard.csv", index=False)
     (site_dir / "leaderboard.json").write_text(
         json.dumps(_plain(exported.to_dict(orient="records")), indent=1, ensure_ascii=False), encoding="utf-8")
     return BuildReport(site_dir, len(scan.cards), len(table), len(figures), pages, scan.rejected)
+
+
+def _sweep_facts(cards: list[dict], defenses: list[str], site_dir: Path) -> dict[str, Any]:
+    """Where the cards came from, for the "add your defense" page: the grid file named by the cards'
+    `cleanbench sweep` commands, their results folder, and how many cells one more defense adds."""
+    grids = Counter(c.get("command", "").split()[2] for c in cards
+                    if isinstance(c.get("command"), str) and c["command"].startswith("cleanbench sweep ") and len(c["command"].split()) > 2)
+    folders = Counter(str(c["config"].get("results_dir")) for c in cards if c["config"].get("results_dir"))
+    reference = [c for c in cards if c["config"]["defense"] == "none"]
+    return {"grid": grids.most_common(1)[0][0] if grids else None,
+            "results_dir": folders.most_common(1)[0][0] if folders else None,
+            "site": site_dir.as_posix() if not site_dir.is_absolute() else "SITE_DIR",
+            "defenses": [d for d in defenses if "(" not in d], "new_cells": len(reference)}
 
 
 def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
@@ -238,7 +267,9 @@ def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
         attacks, top_rate = attack_ranking(analysis, setting, cards)
         rates = list(table[(table["setting"] == setting) & (table["attack"] != "none")]
                      .drop_duplicates("poison_rate").sort_values("rate")["poison_rate"])
-        out.append({"setting": setting, "n_groups": n_groups, "top_rate": top_rate, "rates": rates,
+        key = table.loc[table["setting"] == setting, "setting_key"].iloc[0]
+        out.append({"setting": setting, "facts": setting_facts([c for c in cards if c["_cell"][0] == key]),
+                    "n_groups": n_groups, "top_rate": top_rate, "rates": rates,
                     "matrices": [matrix_view(m, len(settings) > 1) for m in all_matrices if m.setting == setting],
                     "defenses": defense_ranking_view(defenses), "attacks": attack_ranking_view(attacks, rates)})
     return out

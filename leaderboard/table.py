@@ -63,6 +63,10 @@ def setting_of(config: dict) -> tuple[str, str]:
     parts = [str(model.get("name", "?")) + (f"+{model['pretrained']}" if model.get("pretrained") else ""),
              f"{data.get('preset', '?')} {data.get('n_pretrain', '?')} pairs",
              f"{pretrain.get('epochs', '?')} ep", f"target {config.get('target', '?')}"]
+    if "threads" in config:
+        parts.append(f"{config['threads']} thread{'s' if config['threads'] != 1 else ''}")
+    if config.get("setting"):
+        parts.insert(0, str(config["setting"]))
     return short_hash(setting), " · ".join(parts)
 
 
@@ -126,6 +130,10 @@ def _variants(cards: list[dict], role: str) -> dict[int, str]:
             label = f"{label[:-1]}; {', '.join(extra)})"
         labels[id(card)] = label
     return labels
+
+
+variant_labels = _variants
+"""Public name of `_variants`: the display name of each card's attack or defense, with the options that tell it apart."""
 
 
 def _first_line(text: str, limit: int = 300) -> str:

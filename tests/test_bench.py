@@ -104,8 +104,12 @@ def test_breakdown_and_estimate_add_up(bench_json):
     estimate = data["cell_estimate_seconds"]
     assert estimate["total"] == pytest.approx(sum(v for k, v in estimate.items() if k != "total"))
     assert all(v >= 0 for v in estimate.values())
-    # the default cell: 8 epochs of 10,000 pairs in batches of BATCH
-    assert estimate["pretraining"] == pytest.approx(8 * (10_000 // BATCH) * pretrain["median_seconds"] / pretrain["steps"])
+    # the default cell is the standard setting's: 3 epochs of 40,000 pairs in batches of BATCH; CleanCLIP
+    # 10 epochs of 1,200 pairs in batches of 64, each costing 64 / BATCH of a timed step
+    assert estimate["pretraining"] == pytest.approx(3 * (40_000 // BATCH) * pretrain["median_seconds"] / pretrain["steps"])
+    cleanclip = rows["train:cleanclip"]
+    assert estimate["defense (cleanclip)"] == pytest.approx(
+        10 * (1_200 // 64) * (64 / BATCH) * cleanclip["median_seconds"] / cleanclip["steps"])
 
 
 def test_flop_count_matches_a_hand_count():

@@ -21,7 +21,7 @@ def _run(capsys, *args):
         (["run", "--defense", "cleanclp"], "did you mean 'cleanclip'"),
         (["run", "--poison-rate", "1.5"], "outside (0, 1]"),
         (["run", "--poison-rate", "0"], "outside (0, 1]"),
-        (["run", "--poison-count", "20000"], "outside 0..10000"),
+        (["run", "--poison-count", "50000"], "outside 0..40000"),
         (["run", "--target", "banana"], "'banana' is not in the class list"),
         (["run", "--defense-opt", "lrr=1"], "unknown key 'lrr'; did you mean 'lr'"),
         (["run", "--defense-opt", "lr"], "expected KEY=VALUE"),
@@ -90,9 +90,11 @@ def test_run_end_to_end_on_tiny_config_and_reproduce_from_card(capsys, tmp_path)
     assert len(cards) == 1
     card = json.loads(cards[0].read_text())
     assert card["status"] == "ok" and card["seed"] == 3 and card["poison"]["count"] == 10
-    code, _, err = _run(capsys, "run", "--config", str(cards[0]), "--quiet")
+    code, _, err = _run(capsys, "run", "--config", str(cards[0]), "--quiet", "--results-dir", str(tmp_path / "again"))
     assert code == 0, err
-    again = json.loads(cards[0].read_text())
+    assert "note:" not in err  # same environment: nothing to say
+    assert [p.name for p in cards[0].parent.glob("*.json")] == [cards[0].name]  # the card's folder is untouched
+    again = json.loads(next((tmp_path / "again" / "runs").glob("*.json")).read_text())
     for stage in ("poisoned", "defended"):
         for metric in ("ca_top1", "ca_top5", "asr", "ra"):
             assert again["metrics"][stage][metric] == card["metrics"][stage][metric]

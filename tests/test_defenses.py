@@ -12,18 +12,19 @@ import pytest
 import torch
 import yaml
 
-from cleanbench import augment
-from cleanbench.augment import EDA, clean_caption, load_wordnet
+from cleanbench import augment, synonyms
+from cleanbench.augment import EDA, clean_caption
 from cleanbench.cli import main
 from cleanbench.config import build_options
 from cleanbench.data.base import PairSet
-from cleanbench.data.embedded import load_embedded
+from cleanbench.data.embedded import load_embedded, vocabulary_words
 from cleanbench.defenses import cleanclip, finetune, supervised, unimodal
 from cleanbench.defenses.base import DefenseContext, UndeclaredAccessError
 from cleanbench.errors import UsageError
 from cleanbench.models import build_model
 from cleanbench.registry import DEFENSES
 from cleanbench.runner import run_cell
+from cleanbench.synonyms import check_source_name, embedded_table, load_wordnet, synonym_source, wordnet_synonyms
 
 DEFENSE_NAMES = ["none", "finetune", "unimodal", "cleanclip", "supervised-finetune"]
 FAST = {"epochs": 1, "batch_size": 64}
@@ -202,9 +203,9 @@ def _counting(eda: EDA) -> Counter:
     return counts
 
 
-def test_one_uniform_operation_per_caption_without_wordnet():
-    eda = EDA(seed=3, use_wordnet=False)
-    assert eda.operations == ["insertion", "swap", "deletion"] and eda.wordnet_source is None
+def test_one_uniform_operation_per_caption_without_synonyms():
+    eda = EDA(seed=3, synonyms=synonym_source("none"))
+    assert eda.operations == ["insertion", "swap", "deletion"] and eda.source.origin is None
     counts = _counting(eda)
     views = eda.views(["a large red diamond on a noisy background."] * 900)
     assert sum(counts.values()) == 900 and "_replace" not in counts
@@ -213,7 +214,7 @@ def test_one_uniform_operation_per_caption_without_wordnet():
 
 
 def test_operations_follow_eda():
-    eda = EDA(seed=0, use_wordnet=False)
+    eda = EDA(seed=0, synonyms=synonym_source("none"))
     words = "a cyan crescent at the top left on a gradient background".split()  # 11 words: n = 1
     assert sorted(eda._swap(words, 1)) == sorted(words)
     inserted = eda._insert(words, 1)
@@ -234,37 +235,60 @@ def test_views_are_seeded():
 needs_wordnet = pytest.mark.skipif(load_wordnet() is None, reason="nltk with a WordNet database is not installed")
 
 
-@needs_wordnet
-def test_synonym_replacement_uses_wordnet_and_spares_stop_words():
-    eda = EDA(seed=0)
+def test_embedded_synonyms_ship_with_the_package_and_spare_stop_words():
+    eda = EDA(seed=0, synonyms=synonym_source("embedded"))
     assert eda.operations == ["synonym", "insertion", "swap", "deletion"]
     assert "big" in eda.synonyms("large") and "large" not in eda.synonyms("large")
     assert all(s == clean_caption(s) for s in eda.synonyms("red"))
+    assert eda.synonyms("zebra") == []  # outside the embedded vocabulary: no synonyms
     words = "the ring is on the".split()  # one content word: it is the one replaced
     for _ in range(5):
         replaced = eda._replace(words, 1)
         assert replaced[0] == "the" and replaced[-3:] == ["is", "on", "the"] and "ring" not in replaced
 
 
+def test_embedded_table_covers_every_caption_word():
+    words = set(clean_caption(" ".join(vocabulary_words())).split())
+    assert set(embedded_table()["synonyms"]) == words
+
+
+@needs_wordnet
+def test_embedded_table_is_what_wordnet_gives():
+    reader, _ = load_wordnet()
+    table = embedded_table()
+    assert table["source"] == f"WordNet {reader.get_version()}"
+    assert {w: wordnet_synonyms(reader, w) for w in table["synonyms"]} == table["synonyms"]
+
+
+def test_synonym_sources_are_checked(monkeypatch):
+    with pytest.raises(ValueError, match="choose one of embedded, wordnet, none"):
+        check_source_name("wordnett")
+    monkeypatch.setattr(synonyms, "load_wordnet", lambda: None)
+    with pytest.raises(ValueError, match="pip install 'cleanbench\\[wordnet\\]'.*synonyms=embedded"):
+        check_source_name("wordnet")
+    with pytest.raises(UsageError, match="synonyms=wordnet needs nltk"):
+        build_options(cleanclip.CleanCLIPOptions, {"synonyms": "wordnet"}, "defense 'cleanclip' options")
+
+
 @pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").is_file(), reason="Debian's wordnet-base is not installed")
 def test_debian_wordnet_database_opens_offline():
     pytest.importorskip("nltk")
-    reader = augment._database_reader(Path("/usr/share/wordnet"))
+    reader = synonyms._database_reader(Path("/usr/share/wordnet"))
     assert reader.get_version() == "3.0"
     assert "noun.shape" in {s.lexname() for s in reader.synsets("circle")}
     assert "big" in {lemma.name() for s in reader.synsets("large") for lemma in s.lemmas()}
 
 
-@needs_wordnet
 def test_run_card_says_which_text_operations_ran(tiny):
     card, _ = run_cell(tiny(defense="cleanclip"), progress=False, log=lambda m: None)
     notes = card["defense"]["notes"]
     assert notes["text_view_operations"] == ["synonym", "insertion", "swap", "deletion"]
-    assert notes["wordnet"] == load_wordnet()[1]
-    card, _ = run_cell(tiny(defense="cleanclip", defense_options={**FAST, "use_wordnet": False}),
+    assert notes["synonyms_from"] == "cleanbench:embedded_synonyms.json (WordNet 3.0)"
+    assert card["defense"]["options"]["synonyms"] == "embedded"
+    card, _ = run_cell(tiny(defense="cleanclip", defense_options={**FAST, "synonyms": "none"}),
                        progress=False, log=lambda m: None)
     assert card["defense"]["notes"]["text_view_operations"] == ["insertion", "swap", "deletion"]
-    assert card["defense"]["notes"]["wordnet"] is None
+    assert card["defense"]["notes"]["synonyms_from"] is None
 
 
 def test_crop_jitter_draws_nine_numbers_per_image_and_moves_them_in_one_copy(device_copies):

@@ -502,3 +502,117 @@ def test_the_index_shows_the_matrix_and_rankings_before_the_big_table(tmp_path):
     index = (tmp_path / "site" / "index.html").read_text()
     assert index.index('class="matrix-table"') < index.index('id="defense-ranking"') < index.index('id="leaderboard"')
     assert index.count('class="matrix-table"') == 2 and 'id="attack-ranking"' in index
+
+
+def test_rows_have_stable_anchors_and_card_pages_link_back_once(tmp_path):
+    import re
+
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1, 2)]
+    for card in cards:
+        card["reproduce"] = f"cleanbench run --config runs/{card['config']['defense']}-{card['seed']}.json"
+    _build(tmp_path / "a", cards)
+    _build(tmp_path / "b", cards + [synthetic_card(attack="blended", defense="none")])
+    ids = [re.findall(r'<tr id="(row-[^"]+)"', (tmp_path / x / "site" / "index.html").read_text()) for x in ("a", "b")]
+    assert len(set(ids[0])) == 2 and set(ids[0]) <= set(ids[1])  # made from the fields, not positions
+    page = next(p for p in (tmp_path / "a" / "site" / "cards").glob("*.html") if "cleanclip-0.json" in p.read_text())
+    text = page.read_text()
+    anchor = next(i for i in ids[0] if "cleanclip" in i)
+    assert f'href="../index.html#{anchor}"' in text
+    assert text.count("cleanbench run --config runs/cleanclip-0.json") == 1  # each command printed once
+    assert ">seed 1</a>" in text and ">seed 2</a>" in text and ">seed 0</a>" not in text
+
+
+def test_the_gallery_draws_each_attack_from_its_runs_seed_and_options(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cleanbench.attacks import attack_from_card, trigger_preview
+    from cleanbench.attacks.badnet import BadNet
+
+    cards = [synthetic_card(seed=s, attack_options={"patch_size": 56}) for s in (2, 1)]
+    cards.append(synthetic_card(attack="not-installed", seed=0))
+    _build(tmp_path, cards)
+    site = tmp_path / "site"
+    config = RunConfig(attack="badnet", seed=1).to_dict()["data"]
+    attack = attack_from_card(BadNet, {"patch_size": 56}, 32, 1)  # the lowest seed of the row
+    clean, triggered = trigger_preview(attack, config, "star")
+    pictures = {kind: np.asarray(Image.open(next(site.glob(f"gallery/badnet-*-{kind}.png")))) for kind in ("clean", "triggered")}
+    for kind, tensor in (("clean", clean[0]), ("triggered", triggered[0])):
+        picture = pictures[kind]
+        assert picture.shape == (128, 128, 3)  # 32 px enlarged 4 times
+        assert (picture[::4, ::4] == tensor.permute(1, 2, 0).numpy()).all()  # nearest neighbour: 4 x 4 blocks
+        assert (picture == np.kron(picture[::4, ::4], np.ones((4, 4, 1), dtype=np.uint8))).all()
+    changed = (triggered[0] != clean[0]).any(dim=0)
+    assert 0 < int(changed.sum()) < 32 * 32 and bool(changed[-2, -2])  # an 8 px patch near the corner
+    assert not torch.equal(clean, triggered)
+    index = (site / "index.html").read_text()
+    assert index.count('<figure class="trigger">') == 2 and "no preview: UsageError" in index
+    page = next(p for p in (site / "attacks").glob("badnet-*.html")).read_text()
+    assert 'class="trigger large"' in page and "seed 1" in page and "PSNR" in page
+
+
+def test_the_setting_box_says_what_the_numbers_were_measured_on(tmp_path):
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1)]
+    cards[0]["git_commit"], cards[1]["git_commit"] = "abc123+dirty", "def456"
+    cards[2]["defense"]["training"] = [{"stage": "defense:cleanclip", "steps": 150}]
+    cards[2]["defense"]["options"] = {"epochs": 10, "lr": 0.002}
+    _build(tmp_path, cards)
+    index = (tmp_path / "site" / "index.html").read_text()
+    box = index[index.index('class="setting-box"'):index.index("</section>", index.index('class="setting-box"'))]
+    assert index.index('class="matrix-table"') < index.index('class="setting-box"') < index.index('id="leaderboard"')
+    lead = index[index.index('<p class="lead">'):index.index("</p>", index.index('<p class="lead">'))]
+    assert "32-px procedural shapes" in lead and "not comparable to CC3M or ImageNet numbers" in lead and "#setting-1" in lead
+    for fact in ("10,000 pretraining pairs", "2,000 clean pairs for the defender", "2,000 test images", "32 px",
+                 "cleanbench_tinycnn image tower", "128-d joint embedding", "trained from scratch",
+                 "<strong>cleanclip</strong> 10 epochs (150 steps), lr 0.002", "None recorded in the cards",
+                 "cpu", "4 cards from 2 commits, 1 of them with uncommitted changes", "not comparable to numbers reported on CC3M"):
+        assert fact in box, fact
+    attack_page = next((tmp_path / "site" / "attacks").glob("badnet-*.html")).read_text()
+    assert "A. Author, 2020" in attack_page  # a reference naming no known paper stays text
+    assert 'src="http' not in index and "<link" not in index.replace('<link rel="stylesheet" href="static/', "").replace('<link rel="icon"', "")
+
+
+def test_paper_fields_link_the_papers_they_name():
+    from cleanbench.leaderboard.papers import linked
+
+    parts = linked("Gu et al., BadNets, 2017; CleanCLIP reference (Bansal et al., ICCV 2023)")
+    assert parts == [("Gu et al., BadNets, 2017", "https://arxiv.org/abs/1708.06733"),
+                     ("CleanCLIP reference (Bansal et al., ICCV 2023)", "https://arxiv.org/abs/2303.03323")]
+    assert linked("A. Author, 2020") == [("A. Author, 2020", None)] and linked(None) == []
+
+
+def test_the_description_of_the_embedded_data_matches_the_data():
+    from cleanbench.data.embedded import CAPTION_TEMPLATES
+    from cleanbench.data.shapes import BACKGROUNDS, COLOURS, COLUMNS, ROWS, SHAPES, SIZE_WORDS
+    from cleanbench.leaderboard.setting import DATA
+
+    text = DATA["embedded-shapes"]
+    assert f"one of {len(SHAPES)} shapes (the class: {', '.join(SHAPES)})" in text
+    assert f"one of {len(COLOURS)} colours and {len(SIZE_WORDS)} sizes, at one of {len(ROWS) * len(COLUMNS)} positions" in text
+    assert f"{', '.join(BACKGROUNDS[:-1])} or {BACKGROUNDS[-1]} background" in text
+    assert f"{len(CAPTION_TEMPLATES)} templates" in text
+
+
+def test_the_add_your_defense_page_matches_the_example_package_and_the_sweep(tmp_path):
+    import html
+    import tomllib
+
+    cards = [synthetic_card(defense=d, seed=s) for d in ("none", "cleanclip") for s in (0, 1)]
+    cards.append(synthetic_card(attack="none", defense="none"))
+    for card in cards:
+        card["command"] = "cleanbench sweep results/grid.yaml --quiet"
+        card["config"]["results_dir"] = "results/sweeps/mine"
+    _build(tmp_path, cards)
+    page = html.unescape((tmp_path / "site" / "add-defense.html").read_text())
+    example = Path(__file__).parent.parent / "examples" / "cleanbench-example-defense"
+    points = tomllib.loads((example / "pyproject.toml").read_text())["project"]["entry-points"]["cleanbench.defenses"]
+    shown = page[page.index('[project.entry-points."cleanbench.defenses"]'):].splitlines()[1].removesuffix("</pre>")
+    assert shown == f'{next(iter(points))} = "{next(iter(points.values()))}"' and len(points) == 1
+    source = (example / "src" / "cleanbench_example_defense" / "__init__.py").read_text()
+    quoted = page[page.index("class NoisyFinetune(Defense):"):page.index("        ...  # perturb")].splitlines()
+    assert len(quoted) > 8 and all(line in source for line in quoted)  # the page quotes the example
+    assert "defenses: [none, cleanclip, noisy-finetune]" in page
+    assert "cleanbench sweep results/grid.yaml" in page and "cleanbench leaderboard results/sweeps/mine" in page
+    assert "adds 3 cells for one new defense" in page  # 2 seeds of badnet 1% and the clean control
+    assert 'href="add-defense.html"' in (tmp_path / "site" / "index.html").read_text()

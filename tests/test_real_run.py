@@ -24,7 +24,7 @@ from cleanbench.presets import PRESETS, preset_values
 SHAPES3 = ("circle", "square", "star")
 TINY = {
     "pretrain": {"epochs": 1, "batch_size": 32, "warmup_steps": 1},
-    "defense_options": {"epochs": 1, "batch_size": 32, "use_wordnet": False},
+    "defense_options": {"epochs": 1, "batch_size": 32, "synonyms": "none"},
     "poison_rate": 0.1,
     "target": "star",
     "device": "cpu",

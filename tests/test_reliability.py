@@ -189,7 +189,7 @@ def test_debug_shows_the_traceback_and_unexpected_errors_are_still_one_line(caps
     def broken(results_dir):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("cleanbench.leaderboard.cards.load_cards", broken)
+    monkeypatch.setattr("cleanbench.leaderboard.cards.scan_cards", broken)
     (tmp_path / "results").mkdir()
     code, _, err = _run(capsys, "results", str(tmp_path / "results"))
     assert code == 1
@@ -402,7 +402,7 @@ def test_same_seed_on_cpu_gives_identical_cards_and_a_damaged_cache_is_recompute
     def config(**overrides):
         return tiny(device="cpu", data=DataConfig(n_pretrain=64, n_clean=32, n_test=30),
                     pretrain=TrainConfig(epochs=1, batch_size=32, warmup_steps=1),
-                    defense_options={"epochs": 1, "batch_size": 32, "use_wordnet": False}, **overrides)
+                    defense_options={"epochs": 1, "batch_size": 32, "synonyms": "none"}, **overrides)
 
     first, path = run_cell(config(), progress=False, log=lambda _: None)
     again, again_path = run_cell(config(use_cache=False), progress=False, log=lambda _: None)
@@ -731,6 +731,6 @@ def test_every_test_the_reliability_page_cites_exists():
     missing = [f"{file}::{name}" for file, name in sorted(cited)
                if not re.search(rf"^def {name}\(", (REPO / "tests" / file).read_text(), re.MULTILINE)]
     assert not missing, missing
-    for file in ("test_reliability.py", "test_properties.py"):
+    for file in ("test_reliability.py", "test_properties.py", "test_robustness.py"):
         defined = set(re.findall(r"^def (test_\w+)\(", (REPO / "tests" / file).read_text(), re.MULTILINE))
         assert defined - {name for f, name in cited if f == file} == set(), f"tests of {file} not in docs/reliability.md"

@@ -50,3 +50,26 @@ def test_the_setting_name_is_part_of_the_poisoned_model_key(tmp_path):
     named = Plan(from_dict(RunConfig, {"setting": "x", "results_dir": str(tmp_path)}))
     plain = Plan(from_dict(RunConfig, {"results_dir": str(tmp_path)}))
     assert named.poisoned_model_key() != plain.poisoned_model_key()
+
+
+def test_a_plain_run_uses_the_standard_setting_and_own_data_or_models_do_not():
+    from cleanbench.cli import _default_preset
+
+    plain = dict(config_file=None, data=None, eval_data=None, model=None, pretrained=None, threat=None)
+    assert _default_preset(plain) == "standard"
+    for key, value in (("config_file", "c.yaml"), ("data", "train.csv"), ("model", "RN50")):
+        assert _default_preset({**plain, key: value}) is None
+
+
+def test_a_defense_without_a_strength_knob_never_reads_the_record(tmp_path):
+    from cleanbench.tuning import apply_record
+
+    assert apply_record(RunConfig(defense="none", tuning=str(tmp_path / "missing.json"))) is None
+
+
+def test_the_leaderboard_labels_a_setting_by_its_name():
+    from cleanbench.leaderboard.table import setting_of
+
+    config = standard().to_dict()
+    assert setting_of(config)[1].startswith("standard · cleanbench-tiny")
+    assert setting_of({**config, "setting": None})[1].startswith("cleanbench-tiny")

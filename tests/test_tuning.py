@@ -26,6 +26,14 @@ def card(before: float, after: float, key: str = "k") -> dict:
                                                         "defended": {"ca_top1": {"value": after}}}}}
 
 
+def test_a_drop_of_exactly_the_budget_is_within_it():
+    exact = {"cell_key": "k", "metrics": {"validation": {
+        "poisoned": {"ca_top1": {"successes": 900, "total": 1000, "value": 900 / 1000}},
+        "defended": {"ca_top1": {"successes": 880, "total": 1000, "value": 880 / 1000}}}}}
+    assert 100 * (900 / 1000 - 880 / 1000) > 2.0  # in floats the drop would miss the budget
+    assert defense_record("lr", [1e-4], [[exact]], 2.0)["within_budget"]
+
+
 def test_drops_are_averaged_over_seeds_and_a_card_without_validation_is_refused():
     entry = defense_record("lr", [1e-4, 1e-3], [[card(0.9, 0.89), card(0.9, 0.87)], [card(0.9, 0.8), card(0.9, 0.9)]], 2.0)
     assert entry["validation_ca_drop_points"] == [2.0, 5.0] and entry["chosen"] == 1e-4

@@ -37,6 +37,7 @@ from cleanbench.data.csvfile import CsvTable
 from cleanbench.data.images import IMAGE_EXTENSIONS, CsvImagePaths, ImageFiles, ImageSource, PathSource, stays_inside
 from cleanbench.data.lazy import ReadLog
 from cleanbench.errors import UsageError
+from cleanbench.fileio import read_input_file
 
 TORCHVISION_PREFIX = "torchvision:"
 LABELS_FILE = "labels.csv"
@@ -58,10 +59,8 @@ def openai_templates() -> tuple[str, ...]:
 def read_classes_file(path: str | Path) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
     """`classes` and `templates` from a JSON or YAML file (either may be absent)."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"class-names file {str(path)!r} does not exist")
+    text = read_input_file(path, "class-names file")
     try:
-        text = path.read_text(encoding="utf-8")
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
         raise UsageError(f"class-names file {path}: cannot parse it: {error}") from error

@@ -11,11 +11,19 @@ interrupted one resumes where it stopped. A cell that raises gets a failed card;
 The parts: `grid` (the grid file's schema), `cells` (expansion into validated cells and what is
 already done), `schedule` (the worker that runs one cell and the scheduler that feeds an
 executor), `report` (progress lines, JSON events and the summary table) and `command` (the click
-command that ties them together).
+command that ties them together). Its names are imported on first use, so that `cleanbench sweep
+--help` starts without torch.
 """
 
-from cleanbench.sweep.cells import Cell, done_card, expand
-from cleanbench.sweep.command import sweep_command
-from cleanbench.sweep.grid import Grid, load_grid
+import importlib
+from typing import Any
 
-__all__ = ["Cell", "Grid", "done_card", "expand", "load_grid", "sweep_command"]
+_HOMES = {"Cell": "cells", "done_card": "cells", "expand": "cells", "sweep_command": "command",
+          "Grid": "grid", "load_grid": "grid"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -13,8 +13,10 @@ import pandas as pd
 from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, ArtifactCache
 from cleanbench.config import RunConfig, budget_label, from_dict, merge
 from cleanbench.errors import CleanbenchError, UsageError
+from cleanbench.fileio import RefusedFile, read_regular_file
+from cleanbench.runcard import MAX_CARD_BYTES
 from cleanbench.runner import Plan
-from cleanbench.sweep.grid import Grid
+from cleanbench.sweep.grid import MAX_CELLS, Grid
 
 
 @dataclass
@@ -36,8 +38,17 @@ class Cell:
         return f"{self.attack} x {self.defense} {self.budget} s{self.seed}"
 
 
-def expand(grid: Grid, results_dir: str | None = None, use_cache: bool = True) -> list[Cell]:
-    """Every distinct cell of `grid`, validated; cells sharing a poisoned model are adjacent, in grid order."""
+def expand(grid: Grid, results_dir: str | None = None, use_cache: bool = True,
+           max_cells: int = MAX_CELLS) -> list[Cell]:
+    """Every distinct cell of `grid`, validated; cells sharing a poisoned model are adjacent, in grid order.
+
+    UsageError, before any cell is built, when the grid has more than `max_cells` cells."""
+    if grid.size() > max_cells:
+        axes = (f"{len(grid.attacks)} attacks x {len(grid.defenses)} defenses x {len(grid.budgets)} budgets x "
+                f"{len(grid.seeds)} seeds")
+        raise UsageError(f"{grid.path}: {grid.size():,} cells ({axes}) is above the limit of {max_cells:,}; "
+                         f"pass --max-cells {grid.size()} to expand it anyway (about 0.5 ms and 2.5 KB per cell), "
+                         "or split the grid")
     cells: dict[str, Cell] = {}
     for seed, (rate, count), attack, defense in itertools.product(grid.seeds, grid.budgets, grid.attacks, grid.defenses):
         values = merge(grid.base, {
@@ -70,8 +81,8 @@ def expand(grid: Grid, results_dir: str | None = None, use_cache: bool = True) -
 def done_card(path: Path, cell_key: str) -> dict | None:
     """The run card at `path` if it is finished (status ok) for this very cell, else None."""
     try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError):
+        card = json.loads(read_regular_file(path, MAX_CARD_BYTES, root=path.parent))
+    except (OSError, ValueError, RefusedFile, RecursionError):
         return None
     if isinstance(card, dict) and card.get("status") == "ok" and card.get("cell_key") == cell_key:
         return card

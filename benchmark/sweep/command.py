@@ -10,12 +10,10 @@ from pathlib import Path
 
 import click
 
-from cleanbench.errors import RunError
+from cleanbench.errors import Interrupted, RunError
+from cleanbench.sweep.grid import MAX_CELLS
 from cleanbench.executors import EXECUTORS, check_slurm_parameters
-from cleanbench.sweep.cells import count_work, dry_run_table, expand
-from cleanbench.sweep.grid import load_grid
-from cleanbench.sweep.report import Reporter, counts_text, dry_run_event, summary_table
-from cleanbench.sweep.schedule import Job, make_executor, schedule
+from cleanbench.interrupts import signals_raise
 
 
 @click.command("sweep")
@@ -28,17 +26,25 @@ from cleanbench.sweep.schedule import Job, make_executor, schedule
 @click.option("--no-cache", is_flag=True, help="Neither reuse nor store models and evaluations (cards are still skipped when done).")
 @click.option("--quiet", is_flag=True, help="No progress bars: one line per cell and the summary.")
 @click.option("--json-log", is_flag=True, help="One JSON object per event on stdout (for clusters); no bars, no table.")
+@click.option("--max-cells", type=click.IntRange(min=1), default=MAX_CELLS,
+              help="Refuse grids with more cells than this (each is validated and keyed before any work).")
 def sweep_command(grid_file: str, dry_run: bool, executor_name: str | None, workers: int | None,
-                  results_dir: str | None, no_cache: bool, quiet: bool, json_log: bool) -> None:
+                  results_dir: str | None, no_cache: bool, quiet: bool, json_log: bool, max_cells: int) -> None:
     """Run a grid of attacks x defenses x poison budgets x seeds (schema: docs/sweeps.md)."""
+    from cleanbench.sweep.grid import load_grid
+
     start = time.perf_counter()
-    grid = load_grid(grid_file)
+    grid = load_grid(grid_file)  # a malformed grid or an unknown name is refused before torch is imported
+    from cleanbench.sweep.cells import count_work, dry_run_table, expand
+    from cleanbench.sweep.report import Reporter, counts_text, dry_run_event, summary_table
+    from cleanbench.sweep.schedule import Job, make_executor, schedule
+
     spec = grid.executor
     spec.name = executor_name or spec.name
     spec.workers = workers if workers is not None else spec.workers
     if spec.name == "slurm":
         check_slurm_parameters(spec.slurm, spec.cluster, f"{grid.path}: executor.slurm")
-    cells = expand(grid, results_dir, use_cache=not no_cache)
+    cells = expand(grid, results_dir, use_cache=not no_cache, max_cells=max_cells)
     counts = count_work(cells)
     mode = "json" if json_log else "quiet" if quiet else "bars"
     if dry_run:
@@ -53,7 +59,12 @@ def sweep_command(grid_file: str, dry_run: bool, executor_name: str | None, work
     jobs = {c.index: Job(c.index, c.config.to_dict(), grid.plugins, os.getcwd(),
                          progress=mode == "bars" and spec.name == "sequential", command=command) for c in cells}
     try:
-        results = schedule(cells, jobs, executor, reporter.cell_done)
+        with signals_raise():  # SIGINT or SIGTERM: cancel the running cells at once, keep the finished cards
+            results = schedule(cells, jobs, executor, reporter.cell_done)
+    except Interrupted as interrupt:
+        executor.cancel()
+        reporter.event("interrupted", signal=interrupt.name, finished=interrupt.finished, cancelled=interrupt.cancelled)
+        raise
     finally:
         reporter.close()
         executor.close()

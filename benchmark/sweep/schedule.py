@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from filelock import FileLock
 
 from cleanbench.cache import POISONED_MODELS
 from cleanbench.config import RunConfig, from_dict
-from cleanbench.errors import RunError
+from cleanbench.errors import Interrupted, RunError
 from cleanbench.executors import Executor, LocalExecutor, SequentialExecutor, SlurmExecutor
 from cleanbench.registry import load_plugin_file
 from cleanbench.runner import Plan, run_cell
@@ -94,7 +95,7 @@ def schedule(cells: Sequence[Cell], jobs: dict[int, Job], executor: Executor,
     (they load the model it stores), so parallel executors never train one poisoned model twice.
     """
     results: dict[int, dict] = {}
-    ready: list[Cell] = []
+    ready: deque[Cell] = deque()
     waiting: dict[int, list[Cell]] = {}
     leaders: dict[str, Cell] = {}
     for cell in cells:
@@ -110,16 +111,32 @@ def schedule(cells: Sequence[Cell], jobs: dict[int, Job], executor: Executor,
         else:
             waiting.setdefault(leaders[cell.poisoned_key].index, []).append(cell)
     running: dict[Any, Cell] = {}
+    try:
+        _feed(ready, waiting, running, results, jobs, executor, on_done, run)
+    except Interrupted as interrupt:  # the caller cancels the running cells; it says which they were
+        interrupt.cancelled = sorted({*interrupt.cancelled, *(cell.index for cell in running.values())})
+        interrupt.finished = sum(r["status"] in ("ok", "skipped") for r in results.values())
+        raise
+    return results
+
+
+def _feed(ready: deque[Cell], waiting: dict[int, list[Cell]], running: dict[Any, Cell], results: dict[int, dict],
+          jobs: dict[int, Job], executor: Executor, on_done: Callable[[Cell, dict[str, Any]], None],
+          run: Callable[[Job], dict]) -> None:
+    """Keep the executor's slots busy with ready cells until every cell has a result."""
     while ready or running:
         while ready and len(running) < executor.slots:
-            cell = ready.pop(0)
+            cell = ready.popleft()
             try:
                 running[executor.submit(run, jobs[cell.index])] = cell
+            except Interrupted as interrupt:  # the sequential executor runs the cell inside `submit`
+                interrupt.cancelled.append(cell.index)
+                raise
             except Exception as error:  # e.g. a broken process pool
                 results[cell.index] = {"index": cell.index, "status": "failed", "seconds": 0.0,
                                        "error": f"could not start: {type(error).__name__}: {error}"}
                 on_done(cell, results[cell.index])
-                ready = waiting.pop(cell.index, []) + ready
+                ready.extendleft(reversed(waiting.pop(cell.index, [])))
         if not running:
             continue
         for handle in executor.wait(list(running)):
@@ -131,5 +148,4 @@ def schedule(cells: Sequence[Cell], jobs: dict[int, Job], executor: Executor,
                           "error": f"job died: {type(error).__name__}: {error}"}
             results[cell.index] = result
             on_done(cell, result)
-            ready = waiting.pop(cell.index, []) + ready
-    return results
+            ready.extendleft(reversed(waiting.pop(cell.index, [])))  # the group's other cells go next

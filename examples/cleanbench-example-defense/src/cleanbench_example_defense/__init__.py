@@ -9,15 +9,18 @@ Everything a defense needs is public API: `Defense`, `DefenseContext`, the train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from cleanbench.defenses import Defense, DefenseContext
 from cleanbench.losses import clip_loss
-from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig
+
+if TYPE_CHECKING:  # only annotations use it: listing the plugin does not import open_clip
+    from cleanbench.models import ModelBundle
 
 __all__ = ["NoisyFinetune", "NoisyFinetuneOptions"]
 

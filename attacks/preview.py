@@ -1,0 +1,45 @@
+"""A trigger shown on a test image, as a run's evaluation made it (used by the leaderboard's gallery).
+
+Public API: `trigger_preview`. The evaluation triggers every non-target test image with parameters
+drawn, in test-set order, from the generator `derive_seed(run seed, EVAL_TRIGGER_STREAM)`; the
+preview does the same and returns the first images, so the picture is the evaluation's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.seeding import derive_seed, torch_generator
+
+EVAL_TRIGGER_STREAM = "eval-trigger"
+"""The name of the seed stream of evaluation triggers."""
+
+
+def attack_from_card(attack_cls: type[Attack], options: Mapping[str, Any], image_size: int, seed: int) -> Attack:
+    """An attack rebuilt from a run card: its class, the resolved options the card records, the
+    setting's image size and the run seed. TypeError when the options do not fit the class."""
+    return attack_cls(attack_cls.Options(**dict(options)), image_size, seed)
+
+
+def trigger_preview(attack: Attack, data: Mapping[str, Any], target: str, count: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` non-target test images and the same images triggered, both uint8 (N, 3, H, W).
+
+    `data` is the `data` block of a run's config (source, preset, image_size, n_test); only the
+    embedded data can be drawn again from it (ValueError otherwise, or for an unknown `target`).
+    """
+    from cleanbench.data.base import class_index
+    from cleanbench.data.embedded import TEST_SEED, make_pairs
+    from cleanbench.data.shapes import SHAPES
+
+    if data.get("source", "embedded") != "embedded":
+        raise ValueError(f"the images of data source {data.get('source')!r} are not in the run cards")
+    test = make_pairs(int(data.get("n_test", 2000)), TEST_SEED, int(data.get("image_size", attack.image_size)),
+                      str(data.get("preset", "easy")))
+    keep = test.labels != class_index(SHAPES, target)
+    clean = test.images[keep]
+    triggered = trigger_uint8(attack, clean, torch_generator(derive_seed(attack.seed, EVAL_TRIGGER_STREAM)))
+    return clean[:count], triggered[:count]

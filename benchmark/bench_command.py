@@ -1,0 +1,40 @@
+"""The `cleanbench bench` command; the measuring itself (and torch) is imported when it runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cleanbench.config import RunConfig
+
+_RUN = RunConfig()
+REPEATS = 7
+STEPS = 2
+"""Defaults of `cleanbench.bench.BenchConfig` (tests/test_robustness.py keeps them equal)."""
+
+
+@click.command("bench")
+@click.option("--model", default=_RUN.model.name, help="open_clip model name.")
+@click.option("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=_RUN.pretrain.batch_size, help="Pairs per training step.")
+@click.option("--image-size", type=int, default=None, help="Side of the data's images [default: the model's input size].")
+@click.option("--repeats", type=int, default=REPEATS, help="Timed repetitions (after one warm-up).")
+@click.option("--steps", type=int, default=STEPS, help="Training steps (batches) per timed call.")
+@click.option("--eval-images", type=int, default=_RUN.data.n_test, help="Test images of the timed evaluation.")
+@click.option("--peak-tflops", type=float, default=None, help="The device's peak TFLOP/s for MFU [default: from a table of known GPUs].")
+@click.option("--reference-triggers", is_flag=True, help="Also time the reference's per-image PIL triggers at 224 px against the batched path.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON here.")
+def bench_command(model: str, device: str, batch_size: int, image_size: int | None, repeats: int, steps: int,
+                  eval_images: int, peak_tflops: float | None, reference_triggers: bool, json_path: str | None) -> None:
+    """Measure what each stage of a cell costs on this device, against the bare model."""
+    from cleanbench.bench import BenchConfig, format_result, run_bench
+
+    config = BenchConfig(model, device, batch_size, image_size, repeats, steps, eval_images, peak_tflops,
+                         reference_triggers)
+    result = run_bench(config, log=lambda message: click.echo(message, err=True))
+    click.echo(format_result(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+        click.echo(f"JSON: {json_path}")
