@@ -165,3 +165,11 @@ def test_check_plugin_catches_a_broken_detector(capsys, tmp_path, name, check):
     plugin.write_text(UNSEEDED)
     code, _, err = _run(capsys, "check-plugin", name, "--kind", "detector", "--plugin", str(plugin))
     assert code == 1 and f"FAILED at {check}" in err
+
+
+def test_without_config_detect_uses_the_setting_run_uses():
+    from cleanbench.detect_command import _config
+
+    options = dict(config_file=None, preset=None, attack=None, target=None, device=None, results_dir=None,
+                   poison_rate=None, poison_count=None, attack_opt=())
+    assert _config(options)["setting"] == "standard"
