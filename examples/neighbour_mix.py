@@ -3,8 +3,7 @@
 For each reference batch that `k-distance`, `slof` and `dao` draw (same seed, same batching), it
 prints how many poisoned pairs the batch holds, the share of a poisoned image's k nearest references
 that are other poisoned images, the share of all images' k nearest references that are captions,
-and how many references have a distance at the floor (repeated embeddings); and the mean norms of
-the image and caption embeddings.
+and how many references have a distance at the floor (repeated embeddings).
 
     python examples/neighbour_mix.py --attack badnet --seed 0
 
@@ -41,8 +40,6 @@ def main() -> None:
     poisoned = np.zeros(len(cell.pairs), dtype=bool)
     poisoned[cell.poison["indices"]] = True
     poisoned = poisoned[embeddings.rows]
-    print(f"mean norm: image embeddings {float(embeddings.images.norm(dim=1).mean()):.2f}, "
-          f"caption embeddings {float(embeddings.texts.norm(dim=1).mean()):.2f}")
     print("batch  poisoned  poisoned-neighbours-of-poisoned  caption-neighbours-of-images  floored-references")
     for number, batch in enumerate(reference_batches(len(embeddings), args.batch_size, seed)):
         rows = torch.from_numpy(batch)
