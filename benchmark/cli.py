@@ -207,7 +207,7 @@ def results(results_dir: str) -> None:
 
 # Commands defined in their own modules are attached here, one line each. A command's module imports
 # torch, open_clip, pandas and plotting inside the command's function, never at the top.
-from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
+from cleanbench.check_plugin_command import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
 from cleanbench.sweep.command import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 from cleanbench.bench_command import bench_command; cli.add_command(bench_command)  # noqa: E402, E702

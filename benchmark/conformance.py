@@ -32,11 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
-
-from cleanbench.config import parse_key_values
 from cleanbench.errors import RunError
-from cleanbench.registry import DEFENSES, load_plugin_file
+from cleanbench.registry import DEFENSES
 
 TINY_DATA = dict(n_pretrain=256, n_clean=128, n_test=100, image_size=32, preset="easy")
 TINY_POISON_RATE = 0.05
@@ -69,6 +66,16 @@ class _Setup:
     attack: Any
     target_index: int
     poisoned: Any
+
+    @property
+    def poisoned_pairs(self) -> Any:
+        """The poisoned pretraining pairs."""
+        return self.poisoned.pairs
+
+    @property
+    def poison_indices(self) -> list[int]:
+        """Which of them are poisoned."""
+        return self.poisoned.plan.indices
 
 
 def _tiny_setup(seed: int, device: Any) -> _Setup:
@@ -280,29 +287,3 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
                    "tensors_changed": changed, "tensors": len(state), "device": str(device),
                    "threads": torch.get_num_threads()}
     return report
-
-
-@click.command("check-plugin")
-@click.argument("name")
-@click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers the defense; repeatable.")
-@click.option("--defense-opt", multiple=True, metavar="KEY=VALUE", help="Defense option for the check, e.g. epochs=1; repeatable.")
-@click.option("--seed", type=int, default=0, help="Seed of the tiny configuration.")
-def check_plugin(name: str, plugin: tuple[str, ...], defense_opt: tuple[str, ...], seed: int) -> None:
-    """Check that defense NAME keeps the contract, on a tiny configuration on the CPU (seconds).
-
-    Prints each passed check and the cost, then PASS; or fails with the first check that did not
-    pass and why (exit 1).
-    """
-    for path in plugin:
-        load_plugin_file(path)
-    overrides = parse_key_values(defense_opt, "--defense-opt")
-    click.echo(f"check-plugin {name!r}: tiny badnet configuration on cpu, seed {seed}")
-    report = check_defense(name, overrides, seed, log=click.echo)
-    cost = report.cost
-    training = (f"{cost['training_steps']} training steps at {cost['items_per_second']:.0f} items/s"
-                if cost["training_steps"] else "no training")
-    click.echo(
-        f"  cost  {cost['apply_seconds']:.1f} s per apply ({cost['device']}, torch threads: {cost['threads']}), "
-        f"{training}, {cost['tensors_changed']} of {cost['tensors']} tensors changed"
-    )
-    click.echo(f"PASS {name}")

@@ -31,10 +31,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("records and caching", ("registry", "cache", "artifacts", "runcard", "tuning")),
     ("stages", ("stages",)),
     ("cell", ("runner", "presets", "summary", "export")),
-    ("tools", ("bench", "conformance", "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection",
+    ("tools", ("bench", "conformance", "detector_conformance", "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection",
                "detection_report", "leaderboard", "leaderboard.*")),
     ("command line", ("cli", "__main__", "detect_command", "tuning_command", "bench_command", "cache_command",
-                      "doctables")),
+                      "doctables", "check_plugin_command")),
 ]
 """Lowest first; names are relative to `cleanbench`."""
 
