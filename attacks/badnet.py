@@ -1,6 +1,6 @@
 """BadNets: a square noise patch pasted onto the image (Gu et al. 2017; CleanCLIP reference).
 
-Reference (spec section 1.2): a 16x16 patch at 224 px, values mu_c + N(0, 1) with mu_c the
+Reference (docs/reference.md §1.2): a 16x16 patch at 224 px, values mu_c + N(0, 1) with mu_c the
 image's channel mean, cast to uint8 with wrap-around (so effectively uniform colour noise), fresh
 noise and a fresh uniformly random location for every image. `noise="fresh", location="random",
 patch_size=16` reproduces it. The defaults differ, by measurement on the embedded default: a

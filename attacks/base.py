@@ -17,23 +17,20 @@ sets `per_image`, and the default then runs on cache-sized chunks of the batch o
 
 from __future__ import annotations
 
+import functools
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import torch
 
 from cleanbench.data.base import PairSet
+from cleanbench.options import NoOptions
 from cleanbench.seeding import derive_seed, torch_generator
 
 REFERENCE_IMAGE_SIZE = 224
-
-
-@dataclass
-class NoOptions:
-    """An attack or defense without options."""
 
 
 class Attack(ABC):
@@ -178,3 +175,21 @@ def paste_squares(out: torch.Tensor, patches: torch.Tensor, top_left: torch.Tens
     cols = (top_left[:, 1, None] + offsets)[:, None, :]
     batch = torch.arange(count, device=out.device)[:, None, None]
     out.permute(0, 2, 3, 1)[batch, rows, cols] = patches.permute(0, 2, 3, 1).to(out.dtype)
+
+
+def trigger_rows(attack: Attack, images: torch.Tensor, rows: torch.Tensor, seed: int, stream: str) -> torch.Tensor:
+    """uint8 `images` (on any device) with `attack`'s trigger, rounded back to uint8.
+
+    Each row's random parameters come from its own generator (`stream`, `seed`, row number), so a row
+    is triggered identically whichever batch, worker, device or epoch reads it.
+    """
+    if len(rows) == 0:
+        return images
+    drawn = [attack.sample(1, torch_generator(derive_seed(seed, stream, str(int(row))))) for row in rows.tolist()]
+    params = {key: torch.cat([d[key] for d in drawn]).to(images.device) for key in drawn[0]}
+    return apply_uint8(attack, images, params)
+
+
+def row_trigger(attack: Attack, seed: int, stream: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`trigger_rows` with the attack, seed and stream fixed: `trigger(images, rows)`, picklable."""
+    return functools.partial(trigger_rows, attack, seed=seed, stream=stream)

@@ -1,6 +1,6 @@
 """Blended: a noise pattern alpha-blended over the whole image (Chen et al. 2017; CleanCLIP reference).
 
-Reference (spec section 1.2): x' = clip((1 - a) x + a N, 0, 1) with a = 0.2 and N ~ U[0, 1) of the
+Reference (docs/reference.md §1.2): x' = clip((1 - a) x + a N, 0, 1) with a = 0.2 and N ~ U[0, 1) of the
 image's shape, drawn fresh for every image (no fixed "Hello Kitty" image). `pattern="fresh"`
 reproduces it. `pattern="fixed"` draws one N from the run seed, as in Chen et al.'s blended
 key-pattern attack; it is the default because it implants on the embedded default where fresh

@@ -1,11 +1,12 @@
 """Label-consistent (clean-label) BadNets: the patch goes only on pairs that already show the target.
 
-The reference (rows whose caption contains the target string are shuffled, the first P get the
-BadNet patch, their captions are kept) has no perturbation; Turner et al. first make the poisons'
-natural features hard to use with an adversarial perturbation (`cleanbench.attacks.perturbation`).
-Default: `perturbation="adversarial"` (L-inf PGD, `epsilon` 16/255, `pgd_steps` 10, against a
-surrogate the attacker trains on its own pairs); `perturbation="none"` is the reference's form. The reference matches a case-sensitive substring ("bananas" matches,
-"Banana" does not); cleanbench matches the target name as a whole word, case-insensitively
+The reference (docs/reference.md §1.4: rows whose caption contains the target string are
+shuffled, the first P get the BadNet patch, their captions are kept) has no perturbation; Turner
+et al. first make the poisons' natural features hard to use with an adversarial perturbation
+(`cleanbench.attacks.perturbation`). Default: `perturbation="adversarial"` (L-inf PGD, `epsilon`
+16/255, `pgd_steps` 10, against a surrogate the attacker trains on its own pairs);
+`perturbation="none"` is the reference's form. The reference matches a case-sensitive substring
+("bananas" matches, "Banana" does not); cleanbench matches the target name as a whole word, case-insensitively
 ("Star" matches, "stars" and "starfish" do not), so a target never picks up unrelated words.
 The trigger and its options are BadNet's (`badnet`), with the pattern drawn from this attack's seed;
 test images get the patch only.

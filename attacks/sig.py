@@ -2,7 +2,7 @@
 
 S[c, i, j] = (amplitude / 255) * sin(2 pi f j / W), the same for every channel and row.
 
-- `variant="reference"` (spec table 1.2): x' = clip(alpha S + (1 - alpha) x) with amplitude 60,
+- `variant="reference"` (docs/reference.md §1.2): x' = clip(alpha S + (1 - alpha) x) with amplitude 60,
   f = 6 and alpha = 0.2: an effective amplitude of 12/255, and the image darkened by 0.8.
 - `variant="original"` (Barni et al.): x' = clip(x + S), additive, amplitude (their Delta) 20 by
   default, f = 6. Barni et al. poison only images of the target class (clean-label); here, as in the

@@ -1,9 +1,9 @@
 """Solid patch: a square of one colour pasted onto the image (CleanCLIP reference's `yellow` trigger).
 
-Reference (spec section 1.2): a 16x16 square of (R, G, B) = (1, 1, 0) at 224 px, at a fresh random
-location per image (or in the four corners). As for `badnet`, the default is a fixed location at
-the bottom-right corner and 28 px at 224 scale (4 px at 32): random locations did not implant on the
-embedded default in the trial. `location="random", patch_size=16` gives the reference.
+Reference (docs/reference.md §1.2): a 16x16 square of (R, G, B) = (1, 1, 0) at 224 px, at a fresh
+random location per image (or in the four corners). As for `badnet`, the default is a fixed location
+at the bottom-right corner and 28 px at 224 scale (4 px at 32): random locations do not implant on
+the embedded default. `location="random", patch_size=16` gives the reference.
 """
 
 from __future__ import annotations

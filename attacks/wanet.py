@@ -1,6 +1,6 @@
 """WaNet: a fixed warping field applied with `grid_sample` (Nguyen & Tran 2021; CleanCLIP reference).
 
-Grid (spec section 1.3): ins ~ U(-1, 1) of shape (1, 2, k, k), divided by mean |ins|, bicubic
+Grid (docs/reference.md §1.3): ins ~ U(-1, 1) of shape (1, 2, k, k), divided by mean |ins|, bicubic
 upsampled to the image side (align_corners=True); identity grid from linspace(-1, 1) with channel 0
 the horizontal coordinate; grid = clamp((identity + s * noise / side) * grid_rescale, -1, 1);
 x' = grid_sample(x, grid, bilinear, align_corners=True). The grid is drawn once from the run seed

@@ -36,15 +36,20 @@ def class_embeddings_key(model_key: str, classnames: Sequence[str], templates: S
 
 
 class CellArtifacts:
-    """The cell's cache (or none with `use_cache: false`); `keys` are the artifacts' keys by name."""
+    """The cell's cache (or none with `use_cache: false`); `keys` are the artifacts' keys by name.
 
-    def __init__(self, config: RunConfig, keys: dict[str, str], card: dict[str, Any], log: Log) -> None:
+    `record` is the run card's `artifacts` section (each key and whether it was reused); `made_in` is
+    the run's environment, stored with every model; a model reused from another environment is
+    logged and passed to `note` (the run card keeps those notes)."""
+
+    def __init__(self, config: RunConfig, keys: dict[str, str], made_in: dict[str, Any], log: Log,
+                 note: Log = lambda text: None) -> None:
         self.cache = ArtifactCache(config.cache_dir, log=log) if config.use_cache else None
         self.threads = config.threads
-        self.environment = card["environment"]
-        self.card, self.log = card, log
+        self.environment = made_in
+        self.log, self.note = log, note
         self.keys = dict(keys)
-        self.record = card["artifacts"] = {}
+        self.record: dict[str, Any] = {}
         for name, key in self.keys.items():
             self._add(name, key)
         if self.cache is not None and distributed.is_main():
@@ -97,13 +102,25 @@ class CellArtifacts:
         note = environment.mismatch_note(what, meta.get("environment"), self.environment)
         if note:
             self.log(note)
-            self.card.setdefault("environment_notes", []).append(note)
+            self.note(note)
         return meta
 
     def save_model(self, kind: str, name: str, model: torch.nn.Module, meta: dict) -> None:
         """Store the model with `meta` and the environment it was made in."""
         self._store(name.replace("_", " "), lambda: self.cache.save(
             kind, self.keys[name], model, {**meta, "environment": self.environment}))
+
+    def run(self, kind: str, name: str, stage: Callable[[], dict], model: torch.nn.Module) -> tuple[dict, bool]:
+        """Caching as one wrapper around a stage that makes a model: under the artifact's lock, load
+        `name`'s weights into `model` and return its stored record, or run `stage` (which trains `model`
+        in place and returns the record to store with it) and store both. Also says whether it was reused."""
+        with self.computing(kind, name):
+            meta = self.load_model(kind, name, model)
+            if meta is not None:
+                return meta, True
+            record = stage()
+            self.save_model(kind, name, model, record)
+            return record, False
 
     def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
         """A cached evaluation, or `compute()` stored under its key."""

@@ -1,4 +1,4 @@
-"""Augmented views for CleanCLIP's in-modal losses (reference spec section 3.2).
+"""Augmented views for CleanCLIP's in-modal losses (docs/reference.md §3.2).
 
 Image views are recomputed every step; text views once per caption (static across epochs), as in
 the reference.
@@ -115,7 +115,7 @@ STOP_WORDS = frozenset(
 
 
 class EDA:
-    """One EDA operation per caption (spec section 3.2), alpha = 0.1 for every operation.
+    """One EDA operation per caption (docs/reference.md §3.2), alpha = 0.1 for every operation.
 
     With synonyms: synonym replacement, random insertion (of a synonym of a random word), random
     swap and random deletion, one chosen uniformly. Without (source `none`): insertion, swap and

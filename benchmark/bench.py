@@ -59,6 +59,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms.functional import to_pil_image, to_tensor
 
+from cleanbench import stages
 from cleanbench.attacks.base import Attack, trigger_uint8
 from cleanbench.augment import ImageView, image_view
 from cleanbench.config import RunConfig, from_dict
@@ -68,14 +69,13 @@ from cleanbench.defenses.base import DefenseContext
 from cleanbench.defenses.contrastive import ContrastiveFinetune
 from cleanbench.errors import UsageError
 from cleanbench.evaluation import EVAL_TRIGGER_STREAM, IMAGE_BATCH, autocast, class_embeddings, evaluate
-from cleanbench.losses import cleanclip_loss, clip_loss
+from cleanbench.losses import cleanclip_loss, clip_loss, clip_objective
 from cleanbench.peak import MATMUL_SIDE, matmul_peak_tflops
 from cleanbench.presets import DEFAULT_SETTING, preset_values
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import TINY_MODEL, build_model, check_model, input_size
-from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.registry import ATTACKS, DEFENSES
-from cleanbench.runner import pretrain_objective, pretrain_batches, resolve_device
+from cleanbench.runner import resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
 from cleanbench.synonyms import embedded_table
 from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig, decay_groups, train
@@ -306,12 +306,11 @@ class _Bench:
             self.once["synonyms_load_seconds"] = time.perf_counter() - start
         else:
             self.once["synonyms_load_seconds"] = 0.0  # already read by this process
-        budget = poison_budget(len(self.pretrain), c.poison_rate, c.poison_count)
+        inputs = stages.PoisonInput(self.pretrain, self.attack, self.target, self.test.classnames[self.target],
+                                    self.test.templates, cfg.seed, c.poison_rate, c.poison_count)
 
         def poison() -> PairSet:
-            plan = plan_poison(self.pretrain, self.attack, self.target, self.test.classnames[self.target], budget,
-                               self.test.templates, cfg.seed)
-            return apply_poison(self.pretrain, plan, self.attack, cfg.seed)
+            return stages.poison(inputs).pairs
 
         self.poisoned = poison()
         self.add("setup:poison", Measure("setup", f"poisoning ({c.attack}, rate {c.poison_rate:g})", pairs), poison)
@@ -353,8 +352,8 @@ class _Bench:
 
     def pretraining(self) -> None:
         bundle, steps = self.bundle, self.config.steps
-        batches = pretrain_batches(bundle, self.poisoned, self.device, self.batch)
-        objective = pretrain_objective(bundle)
+        batches = stages.pretrain_batches(bundle, self.poisoned, self.device, self.batch)
+        objective = clip_objective(bundle)
         stage_config = replace(self.cell.pretrain, epochs=1, batch_size=self.batch)
         seed = derive_seed(self.config.seed, "pretrain")
         baseline = self.bare(self.batch)
@@ -372,11 +371,10 @@ class _Bench:
         defense = cls(cls.Options(batch_size=self.batch, epochs=1))
         if not isinstance(defense, ContrastiveFinetune):
             raise UsageError(f"defense {name!r} is not a contrastive finetuning defense")
-        seed = derive_seed(self.config.seed, "defense")
+        inputs = stages.DefendInput(defense, self.bundle, self.clean, self.config.seed, self.device, name)
 
         def context() -> DefenseContext:
-            return DefenseContext(self.clean, self.device, seed, progress=False, needs=frozenset(defense.needs),
-                                  defense_name=name)
+            return stages.defense_context(inputs)
 
         live = context()
         batches, objective, per_pair = defense.prepare(self.bundle, live)

@@ -15,22 +15,12 @@ from pathlib import Path
 
 import click
 
-from cleanbench.config import RunConfig, from_dict, load_yaml, merge, parse_key_values
+from cleanbench.config import RunConfig, from_dict, merge, parse_key_values, values_from_file
 from cleanbench.errors import CleanbenchError, Interrupted, RunError, UsageError
 from cleanbench.fileio import RESOURCE_ERRNOS, StorageError
 from cleanbench.registry import ATTACKS, DEFENSES, DETECTORS, load_plugin_file
 
 DEFAULTS = RunConfig()
-
-
-def _config_from_file(path: str) -> tuple[dict, dict | None]:
-    """A YAML config, or the `config` section of a run card (to reproduce it, writing to this run's
-    results folder) and the card."""
-    values = load_yaml(path)
-    if "schema_version" in values and "config" in values and isinstance(values["config"], dict):
-        where = ("results_dir", "cache_dir")  # where the card's run wrote, not part of the cell: this run writes here
-        return {k: v for k, v in values["config"].items() if k not in where}, values
-    return values, None
 
 
 def _environment_note(card: dict, config: RunConfig) -> None:
@@ -86,7 +76,7 @@ def run(**options) -> None:
         return distributed.relaunch(options["nproc"], distributed.without_option(sys.argv[1:], "--nproc"))
     for path in options["plugin"]:
         load_plugin_file(path)
-    values, source_card = _config_from_file(options["config_file"]) if options["config_file"] else ({}, None)
+    values, source_card = values_from_file(options["config_file"]) if options["config_file"] else ({}, None)
     preset = options["preset"] or _default_preset(options)
     if preset:
         from cleanbench.presets import preset_values
@@ -217,7 +207,7 @@ def results(results_dir: str) -> None:
 
 # Commands defined in their own modules are attached here, one line each. A command's module imports
 # torch, open_clip, pandas and plotting inside the command's function, never at the top.
-from cleanbench.conformance import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
+from cleanbench.check_plugin_command import check_plugin; cli.add_command(check_plugin)  # noqa: E402, E702
 from cleanbench.leaderboard.command import leaderboard; cli.add_command(leaderboard)  # noqa: E402, E702
 from cleanbench.sweep.command import sweep_command; cli.add_command(sweep_command)  # noqa: E402, E702
 from cleanbench.bench_command import bench_command; cli.add_command(bench_command)  # noqa: E402, E702

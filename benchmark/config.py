@@ -80,7 +80,7 @@ THREATS = ("scratch", "finetune-pretrained")
 FINETUNE_PRETRAINED_TRAINING: dict[str, Any] = dict(
     epochs=5, batch_size=128, lr=1e-6, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
 )
-"""The reference's schedule for poisoning a pretrained CLIP (spec section 3.4: 5 epochs, lr 1e-6,
+"""The reference's schedule for poisoning a pretrained CLIP (docs/reference.md §3.4: 5 epochs, lr 1e-6,
 cosine with 50 warm-up steps, AdamW; batch and betas are its parser defaults). Users report that
 1e-6 implants a weak backdoor and 1e-5 a strong one (issue #3). Pretraining options that a config
 with `model.threat: finetune-pretrained` does not give come from here."""
@@ -276,6 +276,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def values_from_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The settings in a YAML config; or, from a run card, its `config` section (to reproduce it, writing
+    to this run's results folder) and the card."""
+    values = load_yaml(path)
+    if "schema_version" in values and "config" in values and isinstance(values["config"], dict):
+        where = ("results_dir", "cache_dir")  # where the card's run wrote, not part of the cell: this run writes here
+        return {k: v for k, v in values["config"].items() if k not in where}, values
+    return values, None
+
+
 def parse_key_values(items: tuple[str, ...] | list[str], flag: str) -> dict[str, Any]:
     """`["lr=1e-5", "epochs=3"]` -> `{"lr": 1e-05, "epochs": 3}`; values are parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -315,7 +325,8 @@ def _validate_model(model: ModelConfig) -> None:
 
 
 def validate(config: RunConfig) -> RunConfig:
-    """Range checks that need more than a type."""
+    """Range checks that need more than a type (the files a config names are checked by
+    `stages.resolve_file_data`)."""
     if config.poison_rate is not None and config.poison_count is not None:
         raise UsageError("give either poison_rate or poison_count, not both")
     if config.poison_rate is not None and not 0 < config.poison_rate <= 1:
@@ -332,13 +343,6 @@ def validate(config: RunConfig) -> RunConfig:
         if getattr(config.data, name) < 1:
             raise UsageError(f"data.{name} must be >= 1")
     _validate_model(config.model)
-    if config.data.source != "embedded":
-        from cleanbench.models import input_size
-
-        config.data.image_size = input_size(config.model.name)
-    from cleanbench.data.loading import check_file_data
-
-    config.target = check_file_data(config.data, config.target)
     for name in ("epochs", "batch_size"):
         if getattr(config.pretrain, name) < 1:
             raise UsageError(f"pretrain.{name} must be >= 1")

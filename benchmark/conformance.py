@@ -13,6 +13,10 @@ Checks, in order; the first failure stops the check and is the one reported:
 5. `evaluates`: zero-shot evaluation runs on it and its embeddings are finite.
 6. `deterministic`: a second run with the same seed, after the global random generators were
    scrambled, gives bit-identical weights.
+7. `files`: the same clean pairs, written as PNG files with a CSV and read back as a run on file
+   data reads them (`context.clean.images` is then a column read lazily, not a tensor), still
+   apply and give the same architecture; a defense that only uses the `PairSet` interface
+   (`.to(device)`, indexing, `len`) passes on both paths.
 Then it reports the cost: seconds per apply, training steps and throughput.
 """
 
@@ -22,16 +26,14 @@ import copy
 import dataclasses
 import math
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
-
-from cleanbench.config import parse_key_values
 from cleanbench.errors import RunError
-from cleanbench.registry import DEFENSES, load_plugin_file
+from cleanbench.registry import DEFENSES
 
 TINY_DATA = dict(n_pretrain=256, n_clean=128, n_test=100, image_size=32, preset="easy")
 TINY_POISON_RATE = 0.05
@@ -63,41 +65,78 @@ class _Setup:
     bundle: Any
     attack: Any
     target_index: int
-    poisoned_pairs: Any
-    poison_indices: list[int]
+    poisoned: Any
+
+    @property
+    def poisoned_pairs(self) -> Any:
+        """The poisoned pretraining pairs."""
+        return self.poisoned.pairs
+
+    @property
+    def poison_indices(self) -> list[int]:
+        """Which of them are poisoned."""
+        return self.poisoned.plan.indices
 
 
 def _tiny_setup(seed: int, device: Any) -> _Setup:
-    import torch
-
-    from cleanbench.data.base import class_index
-    from cleanbench.data.embedded import load_embedded
-    from cleanbench.losses import clip_loss
+    """The run's own stages on the tiny configuration: data, badnet poison, one epoch of pretraining."""
+    from cleanbench import stages
+    from cleanbench.config import DataConfig
     from cleanbench.models import build_model
-    from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
     from cleanbench.registry import ATTACKS
     from cleanbench.seeding import derive_seed, seed_everything
-    from cleanbench.trainer import InMemoryBatches, TrainConfig, train
+    from cleanbench.trainer import TrainConfig
 
-    data = load_embedded(seed, **TINY_DATA)
-    target_index = class_index(data.test.classnames, "star")
+    cell = stages.load(DataConfig(**TINY_DATA), seed, "star")
     attack_cls = ATTACKS.get("badnet")
     attack = attack_cls(attack_cls.Options(), TINY_DATA["image_size"], seed)
-    budget = poison_budget(len(data.pretrain), TINY_POISON_RATE)
-    poison = plan_poison(data.pretrain, attack, target_index, "star", budget, data.test.templates, seed)
-    pairs = apply_poison(data.pretrain, poison, attack, seed)
+    poisoned = stages.poison(stages.PoisonInput(cell.data.pretrain, attack, cell.target_index, cell.target_name,
+                                                cell.data.test.templates, seed, TINY_POISON_RATE))
     seed_everything(derive_seed(seed, "init"))
     bundle = build_model(device=str(device))
+    stages.pretrain(stages.PretrainInput(bundle, poisoned.pairs, TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
+                                         seed, device))
+    return _Setup(cell.data, bundle, attack, cell.target_index, poisoned)
 
-    def objective(model: torch.nn.Module, batch: dict) -> dict:
-        images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
-        texts = model.encode_text(batch["tokens"], normalize=True)
-        return {"loss": clip_loss(images, texts, model.logit_scale.exp())}
 
-    batches = InMemoryBatches({"images": pairs.images.to(device), "tokens": bundle.tokenizer(pairs.captions).to(device)}, 64)
-    train(bundle.model, batches, objective, TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
-          seed=derive_seed(seed, "pretrain"), stage="pretrain", device=device, progress=False)
-    return _Setup(data, bundle, attack, target_index, pairs, list(poison.indices))
+def _check_files(name: str, cls: type, options: Any, setup: _Setup, seed: int, device: Any, state: dict) -> str:
+    """The `files` check: apply on the clean pairs read from image files; its detail line."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="cleanbench-check-plugin-") as folder:
+        files = dataclasses.replace(setup, data=dataclasses.replace(setup.data, clean=_clean_from_files(setup, folder)))
+        _, model, _, _, _, error = _apply_once(cls, options, files, seed, device, scramble=3)
+    if error is not None:
+        raise ConformanceFailure(name, "files", f"on clean pairs read from image files (the CSV path), apply raised "
+                                 f"{type(error).__name__}: {error}; use only the PairSet interface of context.clean")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if not isinstance(model, torch.nn.Module) or {k: tuple(v.shape) for k, v in model.state_dict().items()} != shapes:
+        raise ConformanceFailure(name, "files", "on clean pairs read from image files it did not return the model's "
+                                 "architecture")
+    same = all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    return ("the same clean pairs read from PNG files through a CSV: applies, same architecture"
+            + (", identical weights" if same else ""))
+
+
+def _clean_from_files(setup: _Setup, folder: str) -> Any:
+    """The clean pairs written as PNG files with a CSV and read back as a run on file data reads them
+    (lazily, at the model's resolution); same images, captions and labels."""
+    import csv
+
+    from PIL import Image
+
+    from cleanbench.data.base import PairSet
+    from cleanbench.data.pairs import load_pairs
+
+    clean = setup.data.clean
+    with open(f"{folder}/clean.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        for i, (image, caption) in enumerate(zip(clean.images, clean.captions)):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(f"{folder}/{i}.png")
+            writer.writerow([f"{i}.png", caption])
+    read = load_pairs(f"{folder}/clean.csv", TINY_DATA["image_size"])
+    return PairSet(read.images, read.captions, clean.labels.clone(), clean.classnames)
 
 
 def _scramble_global_generators(value: int) -> None:
@@ -139,8 +178,7 @@ def _load(name: str, overrides: dict[str, Any]) -> tuple[type, Any, str]:
 
 
 def _apply_once(cls: type, options: Any, setup: _Setup, seed: int, device: Any, scramble: int):
-    from cleanbench.defenses.base import DefenseContext, restricted_data
-    from cleanbench.seeding import derive_seed
+    from cleanbench import stages
 
     recorded: list[str] = []
 
@@ -151,18 +189,16 @@ def _apply_once(cls: type, options: Any, setup: _Setup, seed: int, device: Any, 
 
         return read
 
-    providers = restricted_data(setup.poisoned_pairs, setup.poison_indices, setup.data.test, setup.attack,
-                                setup.target_index, seed)
-    context = DefenseContext(
-        setup.data.clean, device, derive_seed(seed, "defense"), progress=False, needs=frozenset(cls.needs),
-        defense_name=cls.name, restricted={k: recording(k, v) for k, v in providers.items()},
-    )
+    providers = stages.guarded_data(setup.poisoned, setup.data.test, setup.attack, seed)
     bundle = dataclasses.replace(setup.bundle, model=copy.deepcopy(setup.bundle.model))
+    inputs = stages.DefendInput(cls(options), bundle, setup.data.clean, seed, device, cls.name,
+                                {k: recording(k, v) for k, v in providers.items()})
+    context = stages.defense_context(inputs)
     _scramble_global_generators(scramble)
     start = time.perf_counter()
     error: Exception | None = None
     try:
-        model = cls(options).apply(copy.copy(bundle), context)
+        model = stages.defend(inputs, context).model
     except Exception as raised:  # reported below, after the reads are known
         model, error = None, raised
     seconds = time.perf_counter() - start
@@ -175,7 +211,7 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
     """Run the conformance checks on defense `name`; raises `ConformanceFailure` at the first failure."""
     import torch
 
-    from cleanbench.evaluation import evaluate
+    from cleanbench import stages
 
     device = torch.device("cpu")
     report = Report(name)
@@ -216,7 +252,8 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
 
     bundle.model = model
     try:
-        metrics = evaluate(bundle, setup.data.test, setup.attack, setup.target_index, seed, device)
+        metrics = stages.evaluate(stages.EvaluateInput(bundle, setup.data.test, setup.attack, setup.target_index,
+                                                       seed, device))
         with torch.no_grad():
             images = model.encode_image(bundle.model_input(setup.data.test.images[:16]), normalize=True)
             texts = model.encode_text(bundle.tokenizer(setup.data.clean.captions[:16]), normalize=True)
@@ -239,6 +276,8 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
             )
     passed("deterministic", f"a second run with seed {seed} gave identical weights")
 
+    passed("files", _check_files(name, cls, options, setup, seed, device, state))
+
     steps = sum(s.steps for s in context.stats)
     train_seconds = sum(s.seconds for s in context.stats)
     items = sum(s.items_per_second * s.seconds for s in context.stats)
@@ -248,29 +287,3 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
                    "tensors_changed": changed, "tensors": len(state), "device": str(device),
                    "threads": torch.get_num_threads()}
     return report
-
-
-@click.command("check-plugin")
-@click.argument("name")
-@click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers the defense; repeatable.")
-@click.option("--defense-opt", multiple=True, metavar="KEY=VALUE", help="Defense option for the check, e.g. epochs=1; repeatable.")
-@click.option("--seed", type=int, default=0, help="Seed of the tiny configuration.")
-def check_plugin(name: str, plugin: tuple[str, ...], defense_opt: tuple[str, ...], seed: int) -> None:
-    """Check that defense NAME keeps the contract, on a tiny configuration on the CPU (seconds).
-
-    Prints each passed check and the cost, then PASS; or fails with the first check that did not
-    pass and why (exit 1).
-    """
-    for path in plugin:
-        load_plugin_file(path)
-    overrides = parse_key_values(defense_opt, "--defense-opt")
-    click.echo(f"check-plugin {name!r}: tiny badnet configuration on cpu, seed {seed}")
-    report = check_defense(name, overrides, seed, log=click.echo)
-    cost = report.cost
-    training = (f"{cost['training_steps']} training steps at {cost['items_per_second']:.0f} items/s"
-                if cost["training_steps"] else "no training")
-    click.echo(
-        f"  cost  {cost['apply_seconds']:.1f} s per apply ({cost['device']}, torch threads: {cost['threads']}), "
-        f"{training}, {cost['tensors_changed']} of {cost['tensors']} tensors changed"
-    )
-    click.echo(f"PASS {name}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cleanbench.config import RunConfig, from_dict, merge, parse_key_values
+from cleanbench.config import RunConfig, from_dict, merge, parse_key_values, values_from_file
 from cleanbench.errors import UsageError
 from cleanbench.registry import load_plugin_file
 
@@ -31,13 +31,12 @@ def detector_options(items: tuple[str, ...], detectors: list[str]) -> dict[str, 
 
 def _config(options: dict[str, Any]) -> dict[str, Any]:
     """The run config values from --config, --preset and the options (as `cleanbench run` merges them)."""
-    from cleanbench.cli import _config_from_file
+    from cleanbench.presets import DEFAULT_SETTING, preset_values
 
-    values = _config_from_file(options["config_file"]) if options["config_file"] else {}
-    if options["preset"]:
-        from cleanbench.presets import preset_values
-
-        values = merge(preset_values(options["preset"]), values)
+    values, _ = values_from_file(options["config_file"]) if options["config_file"] else ({}, None)
+    preset = options["preset"] or (None if options["config_file"] else DEFAULT_SETTING)  # as `cleanbench run`
+    if preset:
+        values = merge(preset_values(preset), values)
     overrides: dict[str, Any] = {k: options[k] for k in ("attack", "target", "device", "results_dir")
                                  if options[k] is not None}
     if options["attack"] is not None and options["attack"] != values.get("attack", options["attack"]):
@@ -64,7 +63,7 @@ def _config(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--results-dir", default=None, help="Where detection cards go (its detections/ folder) [default: results].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="YAML config or run card of the cell (model, data, pretraining); options override it.")
-@click.option("--preset", default=None, help="Named settings under --config, as for `cleanbench run`.")
+@click.option("--preset", default=None, help="Named settings under --config, as for `cleanbench run` [default: standard without --config].")
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers plugins; repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def detect_command(**options: Any) -> None:

@@ -10,7 +10,6 @@ versions. A card's name is stable for its inputs, so re-running a detection repl
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 import time
@@ -21,20 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from cleanbench import runcard
-from cleanbench.cache import POISONED_MODELS, ArtifactCache, content_key
+from cleanbench import environment, runcard, stages
+from cleanbench.cache import POISONED_MODELS, content_key
+from cleanbench.artifacts import CellArtifacts
 from cleanbench.config import RunConfig, build_options
-from cleanbench.data.base import PairSet, class_index
-from cleanbench.data.loading import load_data
+from cleanbench.data.base import PairSet
 from cleanbench.detection_metrics import detection_metrics
 from cleanbench.detectors.base import DetectionContext, Detector
 from cleanbench.errors import CleanbenchError, RunError, UsageError
+from cleanbench.fileio import write_json_atomic
 from cleanbench.models import ModelBundle, build_model
-from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
 from cleanbench.registry import DETECTORS
-from cleanbench.runner import Plan, pretrain_batches, pretrain_objective
+from cleanbench.runner import Plan
 from cleanbench.seeding import derive_seed, seed_everything
-from cleanbench.trainer import train
 
 Log = Callable[[str], None]
 CARD_KIND = "detection"
@@ -126,41 +124,33 @@ class PoisonedCell:
 
 
 def prepare_cell(plan: DetectionPlan, progress: bool, log: Log) -> PoisonedCell:
-    """The cell's data and poisoned pairs as `cleanbench run` makes them, and its poisoned model:
-    loaded from the cache under the run's key, or trained and stored there."""
+    """The cell's data and poisoned pairs as `cleanbench run` makes them (the same stages), and its
+    poisoned model: loaded from the cache under the run's key, or trained and stored there."""
     cell, c = plan.cell, plan.config
     start = time.perf_counter()
-    data = load_data(c.data, c.seed)
-    target_index = class_index(data.test.classnames, c.target)
-    target_name = data.test.classnames[target_index]
+    loaded = stages.load(c.data, c.seed, c.target)
+    data = loaded.data
     attack = cell.attack_cls(cell.attack_options, c.data.image_size, c.seed)
-    budget = poison_budget(len(data.pretrain), c.poison_rate, c.poison_count)
-    poison = plan_poison(data.pretrain, attack, target_index, target_name, budget, data.test.templates, c.seed)
-    pairs = apply_poison(data.pretrain, poison, attack, c.seed)
+    poisoned = stages.poison(stages.PoisonInput(data.pretrain, attack, loaded.target_index, loaded.target_name,
+                                                data.test.templates, c.seed, c.poison_rate, c.poison_count))
+    pairs, poison = poisoned.pairs, poisoned.plan
     data_seconds = time.perf_counter() - start
-    log(f"data: {len(pairs)} pretraining pairs, {poison.count} poisoned -> target {target_name!r} ({c.attack})")
+    log(f"data: {len(pairs)} pretraining pairs, {poison.count} poisoned -> target {loaded.target_name!r} ({c.attack})")
 
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(cell.device), c.model.trust_checkpoint)
     key = cell.poisoned_model_key()
-    cache = ArtifactCache(c.cache_dir) if c.use_cache else None
-    meta = None
-    with cache.lock(POISONED_MODELS, key) if cache else contextlib.nullcontext():
-        meta = cache.load(POISONED_MODELS, key, bundle.model) if cache else None
-        if meta is not None:
-            seconds = float(meta["stats"]["seconds"])
-            log(f"model: reused cached poisoned model {key[:12]}")
-        else:
-            stats = train(bundle.model, pretrain_batches(bundle, pairs, cell.device, c.pretrain.batch_size),
-                          pretrain_objective(bundle), c.pretrain, seed=derive_seed(c.seed, "pretrain"),
-                          stage="pretrain", device=cell.device, progress=progress)
-            if cache:
-                cache.save(POISONED_MODELS, key, bundle.model, {"stats": stats.to_dict(), "config": c.to_dict()})
-            seconds = stats.seconds
-            log(f"model: trained the poisoned model ({stats.steps} steps, {seconds:.1f} s), cached as {key[:12]}")
-    record = {"target": target_name, "target_index": target_index, "count": poison.count,
+    cache = CellArtifacts(c, {"poisoned_model": key}, environment.current(cell.device), log)
+    meta, reused = cache.run(POISONED_MODELS, "poisoned_model", lambda: {"stats": stages.pretrain(stages.PretrainInput(
+        bundle, pairs, c.pretrain, c.seed, cell.device, progress)).to_dict(), "config": c.to_dict()}, bundle.model)
+    seconds = float(meta["stats"]["seconds"])
+    if reused:
+        log(f"model: reused cached poisoned model {key[:12]}")
+    else:
+        log(f"model: trained the poisoned model ({meta['stats']['steps']} steps, {seconds:.1f} s), cached as {key[:12]}")
+    record = {"target": loaded.target_name, "target_index": loaded.target_index, "count": poison.count,
               "rate": poison.count / len(pairs), "indices": poison.indices, "indices_sha256": poison.indices_sha256()}
-    return PoisonedCell(pairs, record, bundle, meta is not None, seconds, data_seconds)
+    return PoisonedCell(pairs, record, bundle, reused, seconds, data_seconds)
 
 
 def _base_card(plan: DetectionPlan, run: DetectorRun, cell: PoisonedCell, command: str | None) -> dict[str, Any]:
@@ -212,12 +202,12 @@ def score_cell(plan: DetectionPlan, progress: bool = True, log: Log = _stderr,
             metrics = detection_metrics(scores[scored], positive[scored])
         except CleanbenchError as error:
             failures.append(error)
-            runcard.write_card(path, card | {"status": "failed", "error": str(error)})
+            write_json_atomic(path, card | {"status": "failed", "error": str(error)})
             continue
         except Exception as error:
             failures.append(RunError(f"detector {run.name!r} raised {type(error).__name__}: {error}"))
             failures[-1].__cause__ = error
-            runcard.write_card(path, card | {"status": "failed", "error": str(failures[-1])})
+            write_json_atomic(path, card | {"status": "failed", "error": str(failures[-1])})
             continue
         card["costs"] |= {"embedding_seconds": context.embedding_seconds, "detector_seconds": seconds}
         card["scored_pairs"] = int(scored.sum())
@@ -225,7 +215,7 @@ def score_cell(plan: DetectionPlan, progress: bool = True, log: Log = _stderr,
         card["score_quantiles"] = _quantiles(scores[scored], positive[scored])
         card["status"] = "ok"
         card["finished"] = runcard.now()
-        runcard.write_card(path, card)
+        write_json_atomic(path, card)
         written.append((card, path))
         log(f"{run.name}: AUROC {metrics.auroc:.3f}  AUPRC {metrics.auprc:.3f}  "
             f"TPR@1%FPR {metrics.tpr_at_1pct_fpr:.3f} ({seconds:.1f} s)")

@@ -85,3 +85,31 @@ def card_rows(cards: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = [_label(card) | {"seed": card["seed"], **{title: f"{card['metrics'][key]:.3f}" for key, title in METRICS},
                             "seconds": f"{card['costs']['detector_seconds']:.1f}"} for card in cards]
     return pd.DataFrame(rows)
+
+
+def detections_markdown(folder: str, options: dict[str, list[str]]) -> str:
+    """The pooled table of the detection cards under `folder` as markdown, for `cleanbench doc-tables`
+    (`where=PATH=VALUE`, repeatable, keeps the cards whose field at the dotted PATH prints as VALUE)."""
+    from cleanbench.errors import UsageError
+
+    cards, _ = load_detection_cards(folder)
+    for condition in options.get("where", []):
+        path, sep, wanted = condition.partition("=")
+        if not sep:
+            raise UsageError(f"where={condition!r}: expected where=PATH=VALUE, e.g. where=attack.name=badnet")
+        cards = [c for c in cards if str(_field(c, path)) == wanted]
+    if not cards:
+        raise UsageError(f"no detection card in {folder!r} matches {options}")
+    table = pooled_table(cards)
+    lines = ["| " + " | ".join(table.columns) + " |", "| " + " | ".join("---" for _ in table.columns) + " |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _field(card: dict[str, Any], path: str) -> Any:
+    value: Any = card
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value

@@ -4,8 +4,8 @@ Every rank holds the whole dataset and walks the same seeded batch order, so eve
 same global batch. The objective is handed a `ShardedModel`: its `encode_image` / `encode_text`
 (and a call of the model) embed only this rank's rows of the batch and all-gather the embeddings of
 every rank, so each loss
-(CLIP, in-modal, a plugin's) is computed on the whole global batch, as the reference does (spec
-section 3.1). Gathering at the encoders, not inside each loss, means no loss needs to know about
+(CLIP, in-modal, a plugin's) is computed on the whole global batch, as the reference does
+(docs/reference.md §3.1). Gathering at the encoders, not inside each loss, means no loss needs to know about
 ranks, and augmented views drawn inside an objective are the same as in a single-process run.
 
 Gradients are exact, not just proportional: the gather's backward sums the gradient of every

@@ -16,6 +16,8 @@ and options (shell-quoted):
   (comma-separated, same order).
 - `leaderboard`: rows of the leaderboard table built from the folder (mean ± std over seeds, DER
   and rank), for `rates=` (e.g. `rates=clean,2%`).
+- `detections`: the detection cards under the folder's detections/, one row per attack, detector
+  and options with mean [95 % interval] over seeds; `where=PATH=VALUE` as for `cards`.
 
 `cleanbench doc-tables` rewrites every marked table from the cards; `--check` changes nothing and
 exits 1 naming the files whose committed tables differ (CI runs it). Paths are relative to the
@@ -193,7 +195,15 @@ def leaderboard_rows(folder: str, options: dict[str, list[str]]) -> str:
     return _markdown(["attack", "rate", "defense", "seeds", "CA %", "ASR %", "RA %", "DER", "rank"], rows)
 
 
-KINDS: dict[str, Callable[[str, dict[str, list[str]]], str]] = {"cards": cards_table, "leaderboard": leaderboard_rows}
+def detections_table(folder: str, options: dict[str, list[str]]) -> str:
+    """The detection cards' table (mean [95 % interval] over seeds); see `cleanbench.detection_report`."""
+    from cleanbench.detection_report import detections_markdown
+
+    return detections_markdown(folder, options)
+
+
+KINDS: dict[str, Callable[[str, dict[str, list[str]]], str]] = {"cards": cards_table, "leaderboard": leaderboard_rows,
+                                                                  "detections": detections_table}
 
 
 def render(text: str, where: str) -> str:

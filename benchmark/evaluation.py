@@ -1,7 +1,7 @@
 """Zero-shot evaluation: CA on clean images, ASR and RA on triggered non-target images.
 
 Class embedding = mean of the L2-normalised embeddings of the class name in every prompt template,
-renormalised; computed once per model and prompt set (the runner caches them like an evaluation, and
+renormalised (docs/reference.md §5.1); computed once per model and prompt set (the runner caches them like an evaluation, and
 passes them in as `classes`). Logits are cosine similarities. With `progress`, the class embeddings
 (1,000 classes x 80 templates take minutes on a CPU) and the scoring of file-backed test sets show a bar.
 
@@ -9,7 +9,7 @@ In-memory test sets (the embedded data) are scored in one pass. File-backed ones
 folders, torchvision datasets) stream through `FileBatches`: worker processes read and preprocess
 the images, the trigger is applied on the device to each non-target image (parameters from the
 image's own seeded generator), and the counts accumulate. With `squash_triggered` (the reference's
-behaviour, spec section 9 item 6) the triggered copy is made from the squashed image. On CUDA the
+behaviour, docs/reference.md §7, item 6) the triggered copy is made from the squashed image. On CUDA the
 encoders run under autocast (bf16 where supported).
 """
 
@@ -23,11 +23,11 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.attacks.base import Attack, trigger_rows, trigger_uint8
 from cleanbench.attacks.preview import EVAL_TRIGGER_STREAM
 from cleanbench.data.base import ClassificationSet
 from cleanbench.data.images import ImageFiles
-from cleanbench.data.lazy import FileBatches, trigger_rows
+from cleanbench.data.lazy import FileBatches
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import ModelBundle
 from cleanbench.seeding import derive_seed, torch_generator

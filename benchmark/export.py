@@ -21,7 +21,6 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import open_clip
 import torch
@@ -31,6 +30,7 @@ from cleanbench.config import RunConfig
 from cleanbench.errors import RunError
 from cleanbench.fileio import write_bytes_atomic, write_json_atomic
 from cleanbench.models import CONFIG_FILE, quiet_root_logger, base_model, model_config
+from cleanbench.runcard import RunCard
 
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
 
@@ -41,7 +41,7 @@ def _architecture(name: str) -> torch.nn.Module:
         return open_clip.create_model(name)
 
 
-def export_models(card: dict[str, Any], config: RunConfig, folder: str | Path) -> dict[str, Path]:
+def export_models(card: RunCard, config: RunConfig, folder: str | Path) -> dict[str, Path]:
     """Write the card's poisoned and defended models under `folder`; returns the two folders."""
     folder = Path(folder)
     cache = ArtifactCache(config.cache_dir)
@@ -51,7 +51,7 @@ def export_models(card: dict[str, Any], config: RunConfig, folder: str | Path) -
     preprocess.update(size=size[0] if isinstance(size, (tuple, list)) else size)
     out = {}
     for name in ("poisoned", "defended"):
-        key = card["artifacts"][f"{name}_model"]
+        key = (card.artifacts or {})[f"{name}_model"]
         if not any(cache.load(kind, key, model) is not None for kind in (DEFENDED_MODELS, POISONED_MODELS)):
             raise RunError(f"the {name} model {key[:12]} is not in the artifact cache {cache.root}; rerun the cell")
         buffer = io.BytesIO()
@@ -63,9 +63,9 @@ def export_models(card: dict[str, Any], config: RunConfig, folder: str | Path) -
             "preprocess_cfg": preprocess,
             "cleanbench": {
                 "base_model": base_model(config.model.name), "model": name, "artifact_key": key,
-                "cell_key": card.get("cell_key"), "attack": card["config"]["attack"],
-                "defense": card["config"]["defense"] if name == "defended" else None,
-                "target": card.get("poison", {}).get("target"),
+                "cell_key": card.cell_key, "attack": card.config["attack"],
+                "defense": card.config["defense"] if name == "defended" else None,
+                "target": (card.poison or {}).get("target"),
             },
         })
         out[name] = target
@@ -78,7 +78,7 @@ def export_models(card: dict[str, Any], config: RunConfig, folder: str | Path) -
 
 
 @contextlib.contextmanager
-def saving_models(config: RunConfig, folder: str | None) -> Iterator[Callable[[dict[str, Any]], dict[str, Path]]]:
+def saving_models(config: RunConfig, folder: str | None) -> Iterator[Callable[[RunCard], dict[str, Path]]]:
     """Around a run: yields `save(card)`, which exports its models to `folder` (nothing when None).
 
     With `use_cache: false` the run gets a temporary artifact cache (nothing to reuse, as asked) that

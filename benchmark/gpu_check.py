@@ -2,7 +2,7 @@
 
     scripts/gpu_check.sh   # python -m cleanbench.gpu_check --model RN50-quickgelu --device cuda
 
-Runs the code a real run uses, on synthetic files written to a temporary folder (smooth random
+Runs the stages a real run uses (`cleanbench.stages`), on synthetic files written to a temporary folder (smooth random
 JPEGs of 320 x 240, so that decoding and resizing cost about what photos cost) and random weights
 (nothing is downloaded): file-backed pairs read by DataLoader worker processes into pinned memory,
 CleanCLIP with the reference's settings (AutoAugment and EDA views, AMP, channels-last for RN50) for
@@ -55,9 +55,9 @@ def write_files(folder: Path, rows: int, eval_rows: int, classes: int, distinct:
 def run(args: argparse.Namespace) -> dict:
     """Build the files, the model and the defense, and time training and evaluation."""
     from cleanbench.attacks.badnet import BadNet, BadNetOptions
-    from cleanbench.defenses.base import DefenseContext
+    from cleanbench import stages
     from cleanbench.defenses.cleanclip import REFERENCE_OPTIONS, CleanCLIP, CleanCLIPOptions
-    from cleanbench.evaluation import class_embeddings, evaluate
+    from cleanbench.evaluation import class_embeddings
     from cleanbench.models import build_model
 
     device = torch.device(args.device)
@@ -80,11 +80,10 @@ def run(args: argparse.Namespace) -> dict:
         result["loader_images_per_second"] = read / (time.perf_counter() - start)
 
         options = CleanCLIPOptions(**{**REFERENCE_OPTIONS, "epochs": 1, "batch_size": args.batch, "synonyms": "none"})
-        context = DefenseContext(pairs, device, seed=0, progress=False)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        CleanCLIP(options).apply(bundle, context)
-        stats = context.stats[0]
+        defended = stages.defend(stages.DefendInput(CleanCLIP(options), bundle, pairs, 0, device, CleanCLIP.name))
+        stats = defended.context.stats[0]
         result["cleanclip"] = {"pairs_per_second": stats.steps * args.batch / stats.seconds,
                                "images_per_second": stats.items_per_second, "seconds": stats.seconds,
                                "note": "images = originals + AutoAugment views (2 per pair)"}
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         class_embeddings(bundle, test.classnames, test.templates, device)
         prompts = time.perf_counter() - start
-        metrics = evaluate(bundle, test, attack, target_index=0, seed=0, device=device)
+        metrics = stages.evaluate(stages.EvaluateInput(bundle, test, attack, 0, 0, device))
         images = len(test) + metrics["asr"]["total"]
         result["evaluation"] = {"images_per_second": images / max(metrics["seconds"] - prompts, 1e-9),
                                 "images_per_second_with_prompts": metrics["images_per_second"],

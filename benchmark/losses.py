@@ -1,4 +1,4 @@
-"""Contrastive losses (reference spec section 3.1).
+"""Contrastive losses (docs/reference.md §3.1).
 
 With s the exponentiated, clamped logit scale and L2-normalised embeddings:
 - L_CLIP = 1/2 [CE(s I T^T, diag) + CE(s T I^T, diag)]  (open_clip's ClipLoss),
@@ -9,9 +9,15 @@ With s the exponentiated, clamped logit scale and L2-normalised embeddings:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from cleanbench.models import ModelBundle
 
 
 @functools.cache
@@ -24,6 +30,19 @@ def _open_clip_loss() -> torch.nn.Module:
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between matching image and text embeddings."""
     return _open_clip_loss()(image_features, text_features, logit_scale)
+
+
+def clip_objective(bundle: ModelBundle) -> Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """The CLIP training objective for the trainer: L_CLIP between a batch's `images` (uint8, made the
+    model's input by `bundle.model_input`) and its tokenised `tokens`. Pretraining uses it, and so can
+    a finetuning defense: `context.finetune(model, batches, clip_objective(bundle), ...)`."""
+
+    def objective(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
+        texts = model.encode_text(batch["tokens"], normalize=True)
+        return {"loss": clip_loss(images, texts, model.logit_scale.exp())}
+
+    return objective
 
 
 def inmodal_loss(originals: torch.Tensor, views: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

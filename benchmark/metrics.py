@@ -3,7 +3,7 @@
 - CA (clean accuracy): top-1 (and top-5) zero-shot accuracy on clean test images.
 - ASR (attack success rate): on triggered test images whose true class is NOT the target, the
   fraction predicted as the target (the reference's released zero-shot code reports accuracy on
-  triggered images instead; spec section 5.2).
+  triggered images instead; docs/reference.md §5.2).
 - RA (robust accuracy): on the same triggered images, the fraction predicted as their true class.
 """
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.attacks.base import Attack, row_trigger, trigger_uint8
 from cleanbench.data.base import PairSet
 from cleanbench.data.lazy import LazyColumn
-from cleanbench.data.pairs import poison_lazily
+from cleanbench.data.pairs import Captions
 from cleanbench.errors import UsageError
 from cleanbench.seeding import derive_seed, torch_generator
 
@@ -101,7 +101,7 @@ def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int, ba
     """
     if isinstance(pairs.images, LazyColumn):
         _check_lazy(plan, attack)
-        return poison_lazily(pairs, plan, attack, seed)
+        return _poison_lazily(pairs, plan, attack, seed)
     images = pairs.images.clone()
     captions = list(pairs.captions)
     generator = torch_generator(derive_seed(seed, "poison-trigger"))
@@ -128,3 +128,12 @@ def _check_lazy(plan: PoisonPlan, attack: Attack) -> None:
     if getattr(attack.options, "perturbation", "none") != "none":
         raise UsageError(f"attack {attack.name}'s perturbation works on in-memory data only; "
                          "for file data add --attack-opt perturbation=none")
+
+
+def _poison_lazily(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int) -> PairSet:
+    """File-backed pairs with the plan's captions, and its trigger applied to its rows as they are read
+    (each row's parameters from its own generator of stream `poison-trigger`)."""
+    captions = pairs.captions if isinstance(pairs.captions, Captions) else Captions(pairs.captions)
+    replaced = captions.replacing(dict(zip(plan.indices, plan.captions)))
+    images = pairs.images.poisoned(plan.indices, row_trigger(attack, seed, "poison-trigger"))
+    return PairSet(images, replaced, pairs.labels.clone(), pairs.classnames)

@@ -6,7 +6,7 @@ A preset is the bottom layer of a run's configuration: a `--config` file and com
 override it. The data paths are the user's: `--data train.csv --eval-data imagenet-val/`
 (docs/real-data.md says how to get CC3M and ImageNet validation into that layout).
 
-- `paper-cc3m-rn50-scratch`: the paper's first setting (spec sections 2, 3.3, 3.4): an RN50 CLIP
+- `paper-cc3m-rn50-scratch`: the paper's first setting (docs/reference.md §2, §3.3, §3.4): an RN50 CLIP
   (OpenAI's architecture, QuickGELU) trained from random weights on CC3M with 1500 pairs poisoned
   by the reference's BadNet patch (16 px, fresh noise at a random place) towards "banana", 64
   epochs, batch 128, lr 5e-4, 10,000 warm-up steps; then CleanCLIP with the reference's settings
@@ -26,12 +26,12 @@ from cleanbench.config import FINETUNE_PRETRAINED_TRAINING
 from cleanbench.errors import UsageError
 
 REFERENCE_BADNET: dict[str, Any] = dict(patch_size=16, location="random", noise="fresh", values="wrap")
-"""The reference's BadNet trigger (spec section 1.2)."""
+"""The reference's BadNet trigger (docs/reference.md §1.2)."""
 
 REFERENCE_SCRATCH_TRAINING: dict[str, Any] = dict(
     epochs=64, batch_size=128, lr=5e-4, warmup_steps=10_000, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
 )
-"""The reference's pretraining from scratch (spec section 3.4: parser defaults, 64 epochs)."""
+"""The reference's pretraining from scratch (docs/reference.md §3.4: parser defaults, 64 epochs)."""
 
 _COMMON: dict[str, Any] = dict(
     attack="badnet",

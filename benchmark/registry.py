@@ -37,17 +37,33 @@ class Entry:
 class Registry(Generic[T]):
     """Plugins of one kind, by name."""
 
-    def __init__(self, kind: str, group: str, builtins: dict[str, str]) -> None:
+    def __init__(self, kind: str, group: str, builtins: dict[str, str], base: str) -> None:
         self.kind = kind
         self.group = group
+        self.base = base
         self._entries: dict[str, Entry] = {name: Entry(name, "builtin", target) for name, target in builtins.items()}
         self._entry_points_loaded = False
 
     def register(self, cls: type[T], name: str | None = None, source: str = "plugin") -> type[T]:
-        """Register `cls` under `name` (default: its `name` attribute)."""
+        """Register `cls` under `name` (default: its `name` attribute).
+
+        UsageError when `cls` is not a subclass of the kind's base class (`base`, module:Class), or
+        when the name is a built-in's: a plugin adds a name, it never replaces a built-in."""
+        module_name, _, attribute = self.base.partition(":")
+        base = getattr(importlib.import_module(module_name), attribute)
+        where = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)!s}"
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise UsageError(f"{self.kind} plugin {where} is not a subclass of {module_name}.{attribute}; "
+                             f"derive it from {attribute}")
         key = name or getattr(cls, "name", None)
         if not key:
-            raise UsageError(f"{self.kind} plugin {cls.__name__} has no `name`; set a class attribute `name = '...'`")
+            raise UsageError(f"{self.kind} plugin {where} has no `name`; set a class attribute `name = '...'`")
+        existing = self._entries.get(key)
+        if existing is not None and existing.source == "builtin":
+            builtin = existing.target.replace(":", ".") if isinstance(existing.target, str) else (
+                f"{existing.target.__module__}.{existing.target.__qualname__}")
+            raise UsageError(f"{self.kind} plugin {where} is named {key!r}, which is the built-in {builtin}; "
+                             "give the plugin another `name`")
         self._entries[key] = Entry(key, source, cls)
         return cls
 
@@ -121,6 +137,7 @@ ATTACKS: Registry = Registry(
         "sig": "cleanbench.attacks.sig:SIG",
         "solid-patch": "cleanbench.attacks.solid_patch:SolidPatch",
     },
+    "cleanbench.attacks.base:Attack",
 )
 DEFENSES: Registry = Registry(
     "defense",
@@ -132,6 +149,7 @@ DEFENSES: Registry = Registry(
         "unimodal": "cleanbench.defenses.unimodal:Unimodal",
         "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
     },
+    "cleanbench.defenses.base:Defense",
 )
 
 DETECTORS: Registry = Registry(
@@ -143,6 +161,7 @@ DETECTORS: Registry = Registry(
         "dao": "cleanbench.detectors.neighbourhood:DAO",
         "cosine": "cleanbench.detectors.cosine:CosineSimilarity",
     },
+    "cleanbench.detectors.base:Detector",
 )
 
 

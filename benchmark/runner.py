@@ -10,14 +10,13 @@ training is data-parallel, and rank 0 alone writes files.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
 import hashlib
 import os
 import sys
 import time
 from collections.abc import Callable
-import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,25 +24,22 @@ from typing import Any
 import torch
 
 import cleanbench
-from cleanbench import distributed, environment, runcard
+from cleanbench import distributed, environment, runcard, stages
 from cleanbench.artifacts import CellArtifacts
 from cleanbench.attacks.base import Attack
 from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, content_key
 from cleanbench.config import RunConfig, budget_label, build_options, validate
-from cleanbench.data.base import PairSet, class_index
-from cleanbench.data.loading import load_data
+from cleanbench.data.base import class_index
 from cleanbench.data.shapes import SHAPES
-from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
+from cleanbench.defenses.base import Defense
 from cleanbench.errors import CleanbenchError, RunError, UsageError
-from cleanbench.evaluation import clean_accuracy, evaluate
+from cleanbench.evaluation import clean_accuracy
 from cleanbench.fileio import StorageError, remove_stale_temporaries
-from cleanbench.losses import clip_loss
 from cleanbench.models import ModelBundle, build_model, check_model
-from cleanbench.poisoning import apply_poison, plan_poison, poison_budget
+from cleanbench.poisoning import poison_budget
+from cleanbench.presets import setting_record
 from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.seeding import derive_seed, seed_everything
-from cleanbench.trainer import Batch, InMemoryBatches, train
-from cleanbench.presets import setting_record
 from cleanbench.tuning import apply_record
 
 Log = Callable[[str], None]
@@ -109,7 +105,7 @@ class Plan:
     """A validated cell: the plugin classes and their options, resolved before any work starts."""
 
     def __init__(self, config: RunConfig) -> None:
-        self.config = validate(config)
+        self.config = stages.resolve_file_data(validate(config))
         if config.attack != "none":
             poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)
@@ -213,24 +209,7 @@ class Plan:
         return runcard.card_path(c.results_dir, c.attack, c.defense, self.budget_label, c.seed, self.cell_key())
 
 
-def pretrain_objective(bundle: ModelBundle) -> Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]:
-    """The pretraining objective: the CLIP loss between the batch's images and tokenised captions."""
-
-    def objective(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
-        texts = model.encode_text(batch["tokens"], normalize=True)
-        return {"loss": clip_loss(images, texts, model.logit_scale.exp())}
-
-    return objective
-
-
-def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> InMemoryBatches:
-    """The pretraining batches: the (poisoned) pairs' images and tokenised captions on `device`."""
-    tokens = bundle.tokenizer(pairs.captions)
-    return InMemoryBatches({"images": pairs.images.to(device), "tokens": tokens.to(device)}, batch_size)
-
-
-def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, command: str | None = None) -> tuple[dict, Path]:
+def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, command: str | None = None) -> tuple[runcard.RunCard, Path]:
     """Run one cell and write its run card; returns the card and its path."""
     plan = Plan(config)
     c = plan.config
@@ -242,25 +221,24 @@ def run_cell(config: RunConfig, progress: bool = True, log: Log = _stderr, comma
         progress, log = (progress, log) if main else (False, _silent)
         if main and path.parent.is_dir():
             remove_stale_temporaries(path.parent)
-        card: dict[str, Any] = {
-            "schema_version": runcard.SCHEMA_VERSION, "status": "running", "created": runcard.now(),
-            "command": command, "reproduce": f"cleanbench run --config {path.as_posix()}",
-            "config": c.to_dict(), "seed": c.seed, "cell_key": key, "setting": setting_record(c),
-            "versions": runcard.versions(), "environment": environment.current(device), "git_commit": runcard.git_commit(),
-            "device": {**runcard.device_info(device), "processes": distributed.world_size()},
-            "attack": {"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
-            "defense": {"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
-                        "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe(),
-                        **({"tuning": plan.tuning} if plan.tuning else {})},
-            "costs": {},
-        }
+        card = runcard.RunCard(
+            status="running", created=runcard.now(),
+            command=command, reproduce=f"cleanbench run --config {path.as_posix()}",
+            config=c.to_dict(), seed=c.seed, cell_key=key, setting=setting_record(c),
+            versions=runcard.versions(), environment=environment.current(device), git_commit=runcard.git_commit(),
+            device={**runcard.device_info(device), "processes": distributed.world_size()},
+            attack={"name": c.attack, "description": plan.attack_cls.description, "paper": plan.attack_cls.paper},
+            defense={"name": c.defense, "description": plan.defense_cls.description, "source": plan.defense_cls.source,
+                     "stage": plan.defense_cls.stage, **plan.defense_cls(plan.defense_options).describe(),
+                     **({"tuning": plan.tuning} if plan.tuning else {})},
+        )
         try:
             _execute(plan, card, path, progress, log)
         except CleanbenchError as error:
             _fail(card, path, error)
             raise
         except Exception as error:
-            failure = RunError(f"{card.get('stage', 'run')} raised {type(error).__name__}: {error}")
+            failure = RunError(f"{card.stage or 'run'} raised {type(error).__name__}: {error}")
             _fail(card, path, failure)
             raise failure from error
     return card, path
@@ -270,134 +248,116 @@ def _silent(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-def _execute(plan: Plan, card: dict[str, Any], path: Path, progress: bool, log: Log) -> None:
-    """The stages of one cell; fills `card` as it goes and writes it when done."""
-    c = plan.config
-    costs = card["costs"]
-    wall_start = time.perf_counter()
+def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log: Log) -> None:
+    """The stages of one cell, each recorded in `card` as it finishes; writes the card when done."""
+    c, costs, wall_start = plan.config, card.costs, time.perf_counter()
+    card.stage = "data"
+    cell = stages.load(c.data, c.seed, c.target)
+    card.data = cell.data.info  # file-backed data keeps counting reads and skips in it until the card is written
+    costs["data_seconds"] = cell.seconds
+    log(f"data: {len(cell.data.pretrain)} pretraining pairs, {len(cell.data.clean)} clean pairs, "
+        f"{len(cell.data.test)} test images ({cell.seconds:.1f} s)")
 
-    card["stage"] = "data"
-    start = time.perf_counter()
-    data = load_data(c.data, c.seed)
-    card["data"] = data.info  # file-backed data keeps counting reads and skips in it until the card is written
-    target_index = class_index(data.test.classnames, c.target)
-    target_name = data.test.classnames[target_index]
-    costs["data_seconds"] = time.perf_counter() - start
-    log(f"data: {len(data.pretrain)} pretraining pairs, {len(data.clean)} clean pairs, {len(data.test)} test images "
-        f"({costs['data_seconds']:.1f} s)")
-
-    card["stage"] = f"attack {c.attack!r}"
+    card.stage = f"attack {c.attack!r}"
     attack = plan.attack_cls(plan.attack_options, c.data.image_size, c.seed)
-    card["attack"].update(attack.describe())
-    budget = poison_budget(len(data.pretrain), c.poison_rate, c.poison_count) if c.attack != "none" else 0
-    start = time.perf_counter()
-    poison = plan_poison(data.pretrain, attack, target_index, target_name, budget, data.test.templates, c.seed)
-    poisoned_pairs = apply_poison(data.pretrain, poison, attack, c.seed)
-    costs["poison_seconds"] = time.perf_counter() - start
-    card["poison"] = {
-        "target": target_name, "target_index": target_index, "count": poison.count,
-        "rate": poison.count / len(data.pretrain), "candidates": poison.candidates,
-        "indices": poison.indices, "indices_sha256": poison.indices_sha256(), "noise_count": len(poison.noise_indices),
-        "example_captions": poison.captions[:5],
-    }
-    log(f"poison: {poison.count} of {len(data.pretrain)} pairs -> target {target_name!r} ({c.attack})")
+    card.attack.update(attack.describe())
+    poisoned = stages.poison(stages.PoisonInput(cell.data.pretrain, attack, cell.target_index, cell.target_name,
+                                                cell.data.test.templates, c.seed, c.poison_rate, c.poison_count))
+    costs["poison_seconds"], card.poison = poisoned.seconds, poisoned.card_section()
+    log(f"poison: {poisoned.plan.count} of {poisoned.total} pairs -> target {cell.target_name!r} ({c.attack})")
 
-    card["stage"] = "pretraining"
-    artifacts = CellArtifacts(plan.config, plan.artifact_keys(), card, log)
+    card.stage = "pretraining"
+    cache = CellArtifacts(c, plan.artifact_keys(), card.environment, log, card.environment_notes.append)
+    card.artifacts = cache.record
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
-    with artifacts.computing(POISONED_MODELS, "poisoned_model"):
-        meta = artifacts.load_model(POISONED_MODELS, "poisoned_model", bundle.model)
-        if meta is not None:
-            card["pretrain"] = meta["stats"]
-            log(f"pretrain: reused cached poisoned model {artifacts.keys['poisoned_model'][:12]}")
-        else:
-            batches = pretrain_batches(bundle, poisoned_pairs, plan.device, c.pretrain.batch_size)
-            stats = train(bundle.model, batches, pretrain_objective(bundle), c.pretrain,
-                          seed=derive_seed(c.seed, "pretrain"), stage="pretrain", device=plan.device, progress=progress)
-            card["pretrain"] = stats.to_dict()
-            artifacts.save_model(POISONED_MODELS, "poisoned_model", bundle.model,
-                                 {"stats": stats.to_dict(), "config": c.to_dict()})
-            log(f"pretrain: {stats.steps} steps in {stats.seconds:.1f} s ({stats.items_per_second:.0f} img/s)")
-    costs["pretrain_seconds"] = card["pretrain"]["seconds"]
+    stored, reused = cache.run(POISONED_MODELS, "poisoned_model", lambda: {"stats": stages.pretrain(stages.PretrainInput(
+        bundle, poisoned.pairs, c.pretrain, c.seed, plan.device, progress)).to_dict(), "config": c.to_dict()}, bundle.model)
+    card.pretrain = stored["stats"]
+    costs["pretrain_seconds"] = card.pretrain["seconds"]
+    log(_done("pretrain", reused, cache.keys["poisoned_model"], card.pretrain))
 
-    card["stage"] = "evaluation"
-    def evaluation(model_name: str) -> dict:
-        """The model's evaluation: its class embeddings through the cache, then the test images scored."""
-        classes, seconds = artifacts.class_embeddings(model_name, bundle, data.test.classnames, data.test.templates,
-                                                      plan.device, progress)
-        result = evaluate(bundle, data.test, attack, target_index, c.seed, plan.device, classes=classes, progress=progress)
-        result["seconds"] += seconds
-        return result
-
-    before = artifacts.evaluation("poisoned_evaluation", lambda: evaluation("poisoned_model"))
-    costs["eval_seconds"] = before["seconds"]
-    card["metrics"] = {"poisoned": before}
-    if data.validation is not None:
-        card["metrics"]["validation"] = {"poisoned": clean_accuracy(bundle, data.validation, plan.device)}
+    card.stage = "evaluation"
+    evaluation = stages.EvaluateInput(bundle, cell.data.test, attack, cell.target_index, c.seed, plan.device,
+                                      progress=progress)
+    before = cache.evaluation("poisoned_evaluation", lambda: _evaluate(cache, "poisoned_model", evaluation))
+    costs["eval_seconds"], card.metrics = before["seconds"], {"poisoned": before}
+    validation = cell.data.validation
+    if validation is not None:
+        card.metrics["validation"] = {"poisoned": clean_accuracy(bundle, validation, plan.device)}
     log(f"poisoned model: CA {before['ca_top1']['value']:.1%}  ASR {before['asr']['value']:.1%}")
 
-    card["stage"] = f"defense {c.defense!r}"
-    with artifacts.computing(DEFENDED_MODELS, "defended_model"):
-        meta = None if plan.defense_is_identity else artifacts.load_model(DEFENDED_MODELS, "defended_model", bundle.model)
-        if meta is not None:
-            card["defense"].update(training=meta["training"], notes=meta["notes"])
-            costs["defense_seconds"] = meta["seconds"]
-            log(f"defense: reused cached defended model {artifacts.keys['defended_model'][:12]}")
-        else:
-            defense = plan.defense_cls(plan.defense_options)
-            context = DefenseContext(
-                data.clean, plan.device, derive_seed(c.seed, "defense"), progress, needs=frozenset(defense.needs),
-                defense_name=c.defense,
-                restricted=restricted_data(poisoned_pairs, poison.indices, data.test, attack, target_index, c.seed),
-            )
-            start = time.perf_counter()
-            bundle.model = defense.apply(copy.copy(bundle), context)
-            costs["defense_seconds"] = time.perf_counter() - start
-            card["defense"]["training"] = [s.to_dict() for s in context.stats]
-            card["defense"]["notes"] = context.notes
-            if plan.defense_is_identity:
-                artifacts.record["defended_model_reused"] = artifacts.record["poisoned_model_reused"]
-            else:
-                artifacts.save_model(DEFENDED_MODELS, "defended_model", bundle.model, {
-                    "training": card["defense"]["training"], "notes": context.notes,
-                    "seconds": costs["defense_seconds"], "config": c.to_dict()})
+    card.stage = f"defense {c.defense!r}"
+    defended, costs["defense_seconds"] = _defend(plan, cache, bundle, cell, poisoned, attack, progress, log)
+    card.defense.update(training=defended["training"], notes=defended["notes"])
 
-    card["stage"] = "evaluation"
-    if artifacts.keys["defended_evaluation"] == artifacts.keys["poisoned_evaluation"]:
-        after = before
-        artifacts.record["defended_evaluation_reused"] = True
+    card.stage = "evaluation"
+    if cache.keys["defended_evaluation"] == cache.keys["poisoned_evaluation"]:
+        after, cache.record["defended_evaluation_reused"] = before, True
     else:
-        after = artifacts.evaluation("defended_evaluation", lambda: evaluation("defended_model"))
+        after = cache.evaluation("defended_evaluation", lambda: _evaluate(cache, "defended_model", evaluation))
         costs["eval_seconds"] += after["seconds"]
-    card["metrics"]["defended"] = after
-    if data.validation is not None:
-        card["metrics"]["validation"]["defended"] = (
-            card["metrics"]["validation"]["poisoned"] if plan.defense_is_identity
-            else clean_accuracy(bundle, data.validation, plan.device))
-    card["metrics"]["change"] = {
-        "ca_top1": after["ca_top1"]["value"] - before["ca_top1"]["value"],
-        "asr": after["asr"]["value"] - before["asr"]["value"],
-        "ra": after["ra"]["value"] - before["ra"]["value"],
-    }
+    card.metrics["defended"] = after
+    if validation is not None:
+        card.metrics["validation"]["defended"] = (card.metrics["validation"]["poisoned"] if plan.defense_is_identity
+                                                 else clean_accuracy(bundle, validation, plan.device))
+    card.metrics["change"] = {name: after[name]["value"] - before[name]["value"] for name in ("ca_top1", "asr", "ra")}
     costs["total_seconds"] = sum(costs.values())
-    card["wall_seconds"] = time.perf_counter() - wall_start
-    card["reused"] = artifacts.reused()
-    card["status"] = "ok"
-    card.pop("stage", None)
-    card["finished"] = runcard.now()
+    card.wall_seconds, card.reused = time.perf_counter() - wall_start, cache.reused()
+    card.status, card.stage, card.finished = "ok", None, runcard.now()
     if distributed.is_main():
         runcard.write_card(path, card)
 
 
-def _fail(card: dict, path: Path, error: Exception) -> None:
+def _evaluate(cache: CellArtifacts, model_name: str, inputs: stages.EvaluateInput) -> dict:
+    """The evaluate stage with the model's class embeddings through the cache (their cost included)."""
+    classes, seconds = cache.class_embeddings(model_name, inputs.bundle, inputs.test.classnames, inputs.test.templates,
+                                              inputs.device, inputs.progress)
+    result = stages.evaluate(dataclasses.replace(inputs, classes=classes))
+    result["seconds"] += seconds
+    return result
+
+
+def _done(stage: str, reused: bool, key: str, stats: dict) -> str:
+    """The log line of a training stage."""
+    if reused:
+        return f"{stage}: reused cached {'poisoned' if stage == 'pretrain' else 'defended'} model {key[:12]}"
+    return f"{stage}: {stats['steps']} steps in {stats['seconds']:.1f} s ({stats['items_per_second']:.0f} img/s)"
+
+
+def _defend(plan: Plan, cache: CellArtifacts, bundle: ModelBundle, cell: stages.CellData, poisoned: stages.Poisoned,
+            attack: Attack, progress: bool, log: Log) -> tuple[dict, float]:
+    """The defend stage through the cache: the defended model lands in `bundle.model`; returns the
+    stage's stored record (training, notes, seconds) and its cost. A defense of stage `none` keeps the
+    poisoned model, so its defended model is that model and is not stored again."""
+    c = plan.config
+    inputs = stages.DefendInput(plan.defense_cls(plan.defense_options), bundle, cell.data.clean, c.seed, plan.device,
+                                c.defense, stages.guarded_data(poisoned, cell.data.test, attack, c.seed), progress)
+
+    def defend() -> dict:
+        result = stages.defend(inputs)
+        bundle.model = result.model
+        return {"training": result.card_training(), "notes": result.context.notes, "seconds": result.seconds,
+                "config": c.to_dict()}
+
+    if plan.defense_is_identity:
+        record = defend()
+        cache.record["defended_model_reused"] = cache.record["poisoned_model_reused"]
+        return record, record["seconds"]
+    record, reused = cache.run(DEFENDED_MODELS, "defended_model", defend, bundle.model)
+    if reused:
+        log(f"defense: reused cached defended model {cache.keys['defended_model'][:12]}")
+    return record, record["seconds"]
+
+
+def _fail(card: runcard.RunCard, path: Path, error: Exception) -> None:
     """Record a failed cell: the card keeps everything computed so far, plus the error.
 
     When the card itself cannot be written (a full disk), that is raised, naming the path and the
     original error."""
-    card["status"] = "failed"
-    card["error"] = str(error)
-    card["finished"] = runcard.now()
+    card.status = "failed"
+    card.error = str(error)
+    card.finished = runcard.now()
     if not distributed.is_main():
         return
     try:

@@ -2,7 +2,7 @@
 
 AdamW with the reference's weight-decay exclusions (parameters whose name contains `bn`, `ln`,
 `bias` or `logit_scale`), linear warm-up then cosine decay computed per step (without the
-reference's one-epoch offset, spec section 9 item 2), the logit scale clamped to [0, ln 100] after
+reference's one-epoch offset, docs/reference.md §7, item 2), the logit scale clamped to [0, ln 100] after
 every step, AMP on CUDA (bf16 where supported), a tqdm bar, and a NaN check that stops at once.
 Under torchrun the objective gets a `distributed.ShardedModel` (DDP, embeddings gathered across ranks).
 """

@@ -1,6 +1,6 @@
 """Benchmark: batched trigger application against the reference's per-image path, at 224 px on CPU.
 
-The reference (spec section 1.1) triggers one PIL image at a time: resize to 224x224, `ToTensor`,
+The reference (docs/reference.md §1.1) triggers one PIL image at a time: resize to 224x224, `ToTensor`,
 the trigger on a (3, 224, 224) tensor, `ToPILImage` (uint8 by truncation). It is re-implemented
 here from the spec, with its fixed tensors (the WaNet grid, the SIG signal) built once, in its
 favour. cleanbench's path is `trigger_uint8` on a batch of uint8 tensors (`sample`, then
@@ -54,7 +54,7 @@ def _random_patch(x: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
 
 
 def reference_triggers() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """The reference's per-image triggers on a (3, 224, 224) float tensor (spec table 1.2 and 1.3)."""
+    """The reference's per-image triggers on a (3, 224, 224) float tensor (docs/reference.md §1.2 and §1.3)."""
     grid = torch.clamp(identity_grid(SIDE) + noise_grid(SIDE, SIDE, torch.Generator().manual_seed(0)) / SIDE, -1, 1)
     signal = (60 / 255) * torch.sin(2 * math.pi * 6 * torch.arange(SIDE) / SIDE).expand(3, SIDE, SIDE)
     yellow = torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1)

@@ -25,6 +25,7 @@ from torch import nn
 from cleanbench.attacks.base import Attack, trigger_uint8
 from cleanbench.data.base import ClassificationSet, PairSet
 from cleanbench.errors import RunError
+from cleanbench.options import NoOptions
 from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, train
 
@@ -108,7 +109,11 @@ class DefenseContext:
         stage: str,
         items_per_pair: int = 1,
     ) -> TrainStats:
-        """Run the shared trainer and keep its statistics for the run card."""
+        """Run the shared trainer and keep its statistics for the run card.
+
+        `items_per_pair` is how many images the objective encodes per clean pair (2 when it adds one
+        augmented view of each image, as CleanCLIP does); it scales only the throughput reported in
+        the statistics (`items_per_second`), never the training."""
         stats = train(
             model, batches, objective, config,
             seed=self.seed, stage=stage, device=self.device, progress=self.progress, items_per_pair=items_per_pair,
@@ -135,7 +140,9 @@ class Defense(ABC):
 
     `name`, `description`, `source` (paper or author) and `stage` are shown by `cleanbench list`;
     `needs` declares the run data the defense reads (see `KNOWN_NEEDS`); `Options` is a dataclass of
-    hyper-parameters with defaults (`--defense-opt KEY=VALUE`, YAML `defense_options:`); `version`
+    hyper-parameters with defaults (`--defense-opt KEY=VALUE`, YAML `defense_options:`; a defense
+    without hyper-parameters leaves the default, `NoOptions`; a finetuning defense can subclass
+    `TrainingOptions`, whose `train_config()` gives `context.finetune` its configuration); `version`
     is part of the cache key of results, so bump it when the defense's behaviour changes. `strength`
     (optional) names the option that sets how hard the defense pushes and the grid that
     `cleanbench tune` tries on the clean-model control (docs/setting.md).
@@ -146,7 +153,7 @@ class Defense(ABC):
     source: ClassVar[str]
     stage: ClassVar[str] = "post-training finetuning"
     needs: ClassVar[frozenset[str]] = frozenset({"clean_pairs"})
-    Options: ClassVar[type]
+    Options: ClassVar[type] = NoOptions
     version: ClassVar[str] = "1"
     strength: ClassVar[Strength | None] = None
 

@@ -1,8 +1,8 @@
 """CleanCLIP (Bansal et al., ICCV 2023): finetune on clean pairs with the CLIP loss plus in-modal
-self-supervised losses, L = lambda1 * L_CLIP + lambda2 * L_SS (spec section 3.1).
+self-supervised losses, L = lambda1 * L_CLIP + lambda2 * L_SS (docs/reference.md §3.1).
 
 Image views are recomputed every step, text views (one EDA operation per caption) once, as in the
-reference. Reference hyper-parameters (spec section 3.3, for CC3M / RN50): batch 64, lr 1e-5,
+reference. Reference hyper-parameters (docs/reference.md §3.3, for CC3M / RN50): batch 64, lr 1e-5,
 10 epochs, 50 warm-up steps, AdamW (0.9, 0.999, eps 1e-8), weight decay 0.1, 100K clean pairs,
 AutoAugment views, lambda1 = lambda2 = 1. The defaults here are the values measured to work on
 the embedded default (2,000 clean pairs, tiny CLIP); `REFERENCE_OPTIONS` holds the reference's.
@@ -29,7 +29,7 @@ class CleanCLIPOptions(ViewOptions):
 
 
 REFERENCE_OPTIONS = dict(REFERENCE_TRAINING, image_view="autoaugment", synonyms="wordnet", clip_weight=1.0, inmodal_weight=1.0)
-"""The reference implementation's CleanCLIP settings (spec section 3.3)."""
+"""The reference implementation's CleanCLIP settings (docs/reference.md §3.3)."""
 
 
 class CleanCLIP(ContrastiveFinetune):
@@ -39,7 +39,7 @@ class CleanCLIP(ContrastiveFinetune):
     description = "finetune on clean pairs with CLIP loss + in-modal self-supervised loss (lambda1 = lambda2 = 1)"
     source = "Bansal et al., CleanCLIP, ICCV 2023"
     Options = CleanCLIPOptions
-    version = "2"  # 2: EDA text views as spec 3.2 (stop words kept, WordNet from Debian's database)
+    version = "2"  # 2: EDA text views as docs/reference.md §3.2 (stop words kept, WordNet from Debian's database)
 
     def objective_weights(self) -> tuple[float, float]:
         return self.options.clip_weight, self.options.inmodal_weight

@@ -1,13 +1,13 @@
 """The contrastive finetuning defenses' shared machinery: options and one objective.
 
 `finetune`, `unimodal` and `cleanclip` finetune the poisoned model on the clean pairs with the
-shared trainer and L = lambda1 * L_CLIP + lambda2 * L_SS (spec section 3.1); they differ only in
+shared trainer and L = lambda1 * L_CLIP + lambda2 * L_SS (docs/reference.md §3.1); they differ only in
 the weights and so in whether augmented views are made. One forward pass encodes originals and
 views together; the cross-modal term uses originals only; the in-modal terms are one-directional
 and share the clamped temperature.
 
 The default hyper-parameters are the embedded default's (2,000 clean pairs, tiny CLIP, 32 px);
-`REFERENCE_TRAINING` holds the reference implementation's (spec section 3.3: CC3M 100K clean
+`REFERENCE_TRAINING` holds the reference implementation's (docs/reference.md §3.3: CC3M 100K clean
 pairs, RN50), for real models.
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 REFERENCE_TRAINING: dict[str, Any] = dict(
     epochs=10, batch_size=64, lr=1e-5, warmup_steps=50, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8
 )
-"""The reference's optimisation settings for every contrastive defense (spec section 3.3)."""
+"""The reference's optimisation settings for every contrastive defense (docs/reference.md §3.3)."""
 
 LR_GRID: tuple[float, ...] = (5e-5, 1e-4, 2e-4, 5e-4)
 """Learning rates `cleanbench tune` tries for a finetuning defense, weakest first: 1/40 to 1/4 of

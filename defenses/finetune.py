@@ -2,7 +2,7 @@
 
 The paper's first ablation of CleanCLIP (lambda2 = 0: no in-modal term, no augmented views). Same
 trainer and hyper-parameters as `cleanclip`; the reference uses the same settings as for CleanCLIP
-(`REFERENCE_OPTIONS`, spec sections 3.3 and 4).
+(`REFERENCE_OPTIONS`, docs/reference.md §3.3 and §4).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class FinetuneOptions(TrainingOptions):
 
 
 REFERENCE_OPTIONS = dict(REFERENCE_TRAINING)
-"""The reference's settings: CleanCLIP's command without `--inmodal` (spec section 4)."""
+"""The reference's settings: CleanCLIP's command without `--inmodal` (docs/reference.md §4)."""
 
 
 class Finetune(ContrastiveFinetune):

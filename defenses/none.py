@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from cleanbench.attacks.base import NoOptions
 from cleanbench.defenses.base import Defense, DefenseContext
 
 if TYPE_CHECKING:
@@ -21,7 +20,6 @@ class NoDefense(Defense):
     source = "-"
     stage = "none"
     needs = frozenset()
-    Options = NoOptions
 
     def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
         return bundle.model

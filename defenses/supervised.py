@@ -1,7 +1,7 @@
 """Supervised finetuning (the paper's SuFi): train the image encoder with a linear head and
 cross-entropy on labelled clean images; the text tower is left as it is.
 
-Reference (spec section 4): a fresh Linear(embed -> classes) on the image features, the whole
+Reference (docs/reference.md §4): a fresh Linear(embed -> classes) on the image features, the whole
 vision encoder trained, AdamW with weight decay 0.01, lr 1e-4, 500 warm-up steps, 10 epochs,
 batch 80, on a 50,000-image ImageNet subset. cleanbench scores every defense zero-shot, so the
 default head here is the zero-shot classifier itself (`head="zeroshot"`): the normalised text
@@ -53,7 +53,7 @@ REFERENCE_OPTIONS = dict(
     epochs=10, batch_size=80, lr=1e-4, warmup_steps=500, weight_decay=0.01, beta1=0.9, beta2=0.999, eps=1e-8,
     head="linear",
 )
-"""The reference's SuFi settings (spec section 4)."""
+"""The reference's SuFi settings (docs/reference.md §4)."""
 
 
 class ImageClassifier(nn.Module):

@@ -19,7 +19,7 @@ class UnimodalOptions(ViewOptions):
 
 
 REFERENCE_OPTIONS = dict(REFERENCE_TRAINING, image_view="autoaugment", synonyms="wordnet")
-"""The reference's settings: CleanCLIP's with the CLIP-loss weight set to 0 (spec section 4)."""
+"""The reference's settings: CleanCLIP's with the CLIP-loss weight set to 0 (docs/reference.md §4)."""
 
 
 class Unimodal(ContrastiveFinetune):

@@ -183,7 +183,7 @@ def test_guarded_data_needs_a_declaration(small):
     assert allowed.notes["restricted_reads"] == ["poison_indices"]
 
 
-# --- text views (spec section 3.2) ---------------------------------------------------------------
+# --- text views (docs/reference.md §3.2) ---------------------------------------------------------------
 
 
 def test_clean_caption_matches_the_reference():

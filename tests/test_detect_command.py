@@ -115,3 +115,61 @@ def test_a_failing_detector_keeps_the_others_cards(capsys, tmp_path, tiny_yaml):
 def test_list_shows_detectors(capsys):
     code, out, _ = _run(capsys, "list", "detectors")
     assert code == 0 and all(name in out for name in ("k-distance", "slof", "dao", "cosine"))
+
+
+@pytest.mark.parametrize("name", ["slof", "cosine"])
+def test_check_plugin_passes_builtin_detectors(capsys, name):
+    code, out, err = _run(capsys, "check-plugin", name, "--kind", "detector")
+    assert code == 0, err
+    assert all(f"ok    {check}" in out for check in ("loads", "scores", "read-only", "deterministic"))
+    assert out.strip().endswith(f"PASS {name}")
+
+
+UNSEEDED = '''
+from dataclasses import dataclass
+import numpy as np
+from cleanbench.detectors import Detector
+from cleanbench.registry import register_detector
+
+@dataclass
+class Options:
+    pass
+
+@register_detector
+class Unseeded(Detector):
+    name = "unseeded"
+    description = "draws from the global generator"
+    source = "test"
+    Options = Options
+
+    def score(self, context):
+        return np.random.random(len(context.pairs))
+
+@register_detector
+class Trains(Detector):
+    name = "trains"
+    description = "changes the model"
+    source = "test"
+    Options = Options
+
+    def score(self, context):
+        for parameter in context.bundle.model.parameters():
+            parameter.data.add_(1.0)
+        return np.zeros(len(context.pairs))
+'''
+
+
+@pytest.mark.parametrize("name, check", [("unseeded", "deterministic"), ("trains", "read-only")])
+def test_check_plugin_catches_a_broken_detector(capsys, tmp_path, name, check):
+    plugin = tmp_path / "plugins.py"
+    plugin.write_text(UNSEEDED)
+    code, _, err = _run(capsys, "check-plugin", name, "--kind", "detector", "--plugin", str(plugin))
+    assert code == 1 and f"FAILED at {check}" in err
+
+
+def test_without_config_detect_uses_the_setting_run_uses():
+    from cleanbench.detect_command import _config
+
+    options = dict(config_file=None, preset=None, attack=None, target=None, device=None, results_dir=None,
+                   poison_rate=None, poison_count=None, attack_opt=())
+    assert _config(options)["setting"] == "standard"

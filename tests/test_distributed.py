@@ -16,7 +16,8 @@ import yaml
 from cleanbench import distributed
 from cleanbench.data.embedded import load_embedded
 from cleanbench.models import build_model
-from cleanbench.runner import pretrain_objective, run_cell
+from cleanbench.losses import clip_objective
+from cleanbench.runner import run_cell
 from cleanbench.seeding import seed_everything
 
 
@@ -37,7 +38,7 @@ def _gradients(rows: int) -> dict[str, torch.Tensor]:
     bundle.model.train()
     batch = {"images": data.pretrain.images, "tokens": bundle.tokenizer(data.pretrain.captions)}
     with distributed.sharded(bundle.model, torch.device("cpu")) as view:
-        loss = pretrain_objective(bundle)(view, batch)["loss"]
+        loss = clip_objective(bundle)(view, batch)["loss"]
         if isinstance(view, distributed.ShardedModel):
             loss = view.with_every_parameter(loss)
         loss.backward()

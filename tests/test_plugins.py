@@ -83,7 +83,7 @@ def test_builtin_defenses_pass(capsys, name, options):
     lines = out.strip().splitlines()
     assert lines[-1] == f"PASS {name}"
     checks = [line.split()[1].rstrip(":") for line in lines if line.startswith("  ok")]
-    assert checks == ["loads", "reads", "applies", "architecture", "evaluates", "deterministic"]
+    assert checks == ["loads", "reads", "applies", "architecture", "evaluates", "deterministic", "files"]
     assert any(line.startswith("  cost") and "s per apply" in line for line in lines)
 
 

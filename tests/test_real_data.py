@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from cleanbench.attacks.badnet import BadNet, BadNetOptions
+from cleanbench.attacks.base import row_trigger
 from cleanbench.data import memcheck
 from cleanbench.data.images import ImageFiles, PoisonedImages, preprocess
 from cleanbench.data.lazy import FileBatches
@@ -158,7 +159,7 @@ def test_poisoned_rows_get_the_same_trigger_wherever_they_are_read(folder):
 def test_squash_triggered_reads_poisoned_rows_squashed(folder):
     pairs = load_pairs(folder / "train.csv", 32, squash_triggered=True)
     attack = BadNet(BadNetOptions(), 32, seed=0)
-    poisoned = pairs.images.poisoned([0], attack, seed=0)
+    poisoned = pairs.images.poisoned([0], row_trigger(attack, 0, "poison-trigger"))
     image = Image.open(folder / "images" / "000000.png")
     squashed, cropped = preprocess(image, 32, "squash"), preprocess(image, 32, "crop")
     assert not torch.equal(squashed, cropped)

@@ -20,6 +20,7 @@ from cleanbench.data.synthetic import write_classes_file, write_eval_folder, wri
 from cleanbench.errors import UsageError
 from cleanbench.export import saving_models
 from cleanbench.presets import PRESETS, preset_values
+from cleanbench.stages import resolve_file_data
 
 SHAPES3 = ("circle", "square", "star")
 TINY = {
@@ -141,7 +142,7 @@ def test_presets_write_down_the_paper_settings(tmp_path, files):
     train, evaluation, _ = files
     scratch = from_dict(RunConfig, merge(preset_values("paper-cc3m-rn50-scratch"),
                                          {"data": {"train": str(train), "eval": str(evaluation)}}))
-    validate(scratch)
+    resolve_file_data(validate(scratch))
     assert (scratch.model.name, scratch.model.threat, scratch.data.image_size) == ("RN50-quickgelu", "scratch", 224)
     assert (scratch.pretrain.epochs, scratch.pretrain.lr, scratch.pretrain.warmup_steps) == (64, 5e-4, 10_000)
     assert (scratch.poison_count, scratch.target, scratch.attack_options["patch_size"]) == (1500, "banana", 16)
@@ -149,7 +150,7 @@ def test_presets_write_down_the_paper_settings(tmp_path, files):
     finetune = from_dict(RunConfig, preset_values("paper-openai-rn50-finetune"))
     assert (finetune.model.pretrained, finetune.model.threat, finetune.data.limit_pretrain) == ("openai", "finetune-pretrained", 500_000)
     assert (finetune.pretrain.epochs, finetune.pretrain.lr, finetune.pretrain.warmup_steps) == (5, 1e-6, 50)
-    assert set(PRESETS) == {"paper-cc3m-rn50-scratch", "paper-openai-rn50-finetune"}
+    assert {"paper-cc3m-rn50-scratch", "paper-openai-rn50-finetune"} <= set(PRESETS)
     with pytest.raises(UsageError, match="did you mean 'paper-cc3m-rn50-scratch'"):
         preset_values("paper-cc3m-rn50")
 

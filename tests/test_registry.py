@@ -19,7 +19,8 @@ def test_unknown_name_suggests_close_one():
 
 def test_broken_entry_is_reported_not_raised_when_listing():
     registry = Registry("defense", "cleanbench.no-such-group", {"good": "cleanbench.defenses.none:NoDefense",
-                                                                 "bad": "cleanbench.no_such_module:Thing"})
+                                                                 "bad": "cleanbench.no_such_module:Thing"},
+                        "cleanbench.defenses.base:Defense")
     entries = {e.name: e for e in registry.entries()}
     assert entries["good"].error is None
     assert "ModuleNotFoundError" in entries["bad"].error
@@ -48,3 +49,52 @@ def test_plugin_file_errors_are_clear(tmp_path):
     broken.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(RunError, match="failed to import: RuntimeError: boom"):
         load_plugin_file(broken)
+
+
+def test_register_refuses_a_class_of_the_wrong_base_and_a_builtin_name():
+    from cleanbench.defenses.none import NoDefense
+
+    class NotADefense:
+        name = "not-a-defense"
+
+    with pytest.raises(UsageError, match=r"NotADefense is not a subclass of cleanbench.defenses.base.Defense"):
+        DEFENSES.register(NotADefense)
+    with pytest.raises(UsageError, match=r"is not a subclass of cleanbench.attacks.base.Attack"):
+        ATTACKS.register(NoDefense)
+
+    class Impostor(NoDefense):
+        name = "cleanclip"
+
+    with pytest.raises(UsageError) as error:
+        DEFENSES.register(Impostor)
+    message = str(error.value)
+    assert "test_registry" in message and "Impostor" in message  # the plugin's source
+    assert "built-in cleanbench.defenses.cleanclip.CleanCLIP" in message and "\n" not in message  # the built-in's
+    assert DEFENSES.get("cleanclip").__name__ == "CleanCLIP"
+
+
+def test_a_defense_without_options_needs_no_options_class():
+    from cleanbench.defenses import Defense, NoOptions
+
+    class Bare(Defense):
+        name, description, source = "bare", "keeps the model", "test"
+
+        def apply(self, bundle, context):
+            return bundle.model
+
+    assert Bare.Options is NoOptions and Bare(Bare.Options()).describe()["options"] == {}
+
+
+def test_loading_a_plugin_file_twice_registers_it_once(tmp_path):
+    plugin = tmp_path / "twice.py"
+    plugin.write_text("from cleanbench.registry import register_defense\n"
+                      "from cleanbench.defenses.none import NoDefense\n"
+                      "LOADS = []\n"
+                      "@register_defense\n"
+                      "class Twice(NoDefense):\n"
+                      "    name = 'twice-from-file'\n"
+                      "LOADS.append(1)\n")
+    load_plugin_file(plugin)
+    first = DEFENSES.get("twice-from-file")
+    load_plugin_file(plugin)
+    assert DEFENSES.get("twice-from-file") is first

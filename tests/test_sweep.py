@@ -114,7 +114,7 @@ def test_sweep_trains_each_poisoned_model_once_then_reruns_without_work(tmp_path
     def no_training(*args, **kwargs):
         raise AssertionError("a finished sweep trained again")
 
-    monkeypatch.setattr("cleanbench.runner.train", no_training)
+    monkeypatch.setattr("cleanbench.stages.train", no_training)
     monkeypatch.setattr("cleanbench.defenses.base.train", no_training)
     start = time.perf_counter()
     assert main(["sweep", str(grid), "--quiet"]) == 0

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cleanbench.attacks.base import channel_means, quantize, trigger_uint8
-from cleanbench.data.lazy import trigger_rows
+from cleanbench.attacks.base import channel_means, quantize, trigger_rows, trigger_uint8
 from cleanbench.registry import ATTACKS
 from cleanbench.seeding import derive_seed, torch_generator
 

@@ -2,7 +2,7 @@
 
 Building a `CsvTable` reads the file once and keeps only the byte offset at which each row starts
 (8 bytes a row, so 8 MB for a million rows); a row's fields are parsed again from a memory map when
-they are asked for. The reference reads and tokenises the whole CSV up front (spec section 9, #8).
+they are asked for. The reference reads and tokenises the whole CSV up front (docs/reference.md §6).
 Rows may span lines (quoted newlines); blank lines are ignored. Files are read as UTF-8 (a BOM is
 allowed). Memory maps are opened per process, so DataLoader workers share the page cache.
 """

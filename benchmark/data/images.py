@@ -3,7 +3,7 @@
 Clean images get CLIP's preprocessing up to normalisation: the shorter side resized to the input
 size (bicubic), then a centre crop (`crop`). Triggers are applied to these uint8 images, so they act
 at the model's input resolution, before normalisation, in training and at test time alike. The
-reference instead squashes every triggered image to 224 x 224 without cropping (spec section 9,
+reference instead squashes every triggered image to 224 x 224 without cropping (docs/reference.md §7,
 item 6), so the squash comes with the trigger; `squash_triggered` reproduces that for comparison:
 rows that get a trigger are then read with `squash` (the whole image resized to a square).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,13 +22,14 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from cleanbench.data.csvfile import CsvTable
-from cleanbench.data.lazy import BAD_IMAGE_POLICIES, Failure, LazyColumn, ReadLog, trigger_rows
+from cleanbench.data.lazy import BAD_IMAGE_POLICIES, Failure, LazyColumn, ReadLog
 from cleanbench.errors import RunError
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from cleanbench.attacks.base import Attack
+RowTrigger = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A trigger for file-backed images: `trigger(uint8_images, row_numbers)` -> triggered uint8 images."""
 
 MODES = ("crop", "squash", "both")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -171,25 +172,23 @@ class ImageFiles(LazyColumn):
         self.log["images_read"] += len(rows)
         return batch
 
-    def poisoned(self, rows: Sequence[int], attack: Attack, seed: int) -> PoisonedImages:
-        """This column with `attack`'s trigger on `rows` (applied after reading, on the device)."""
-        return PoisonedImages(self, rows, attack, seed)
+    def poisoned(self, rows: Sequence[int], trigger: RowTrigger) -> PoisonedImages:
+        """This column with `trigger` applied to `rows` (after reading, on the device)."""
+        return PoisonedImages(self, rows, trigger)
 
 
 class PoisonedImages(ImageFiles):
     """Images of which some rows get a trigger once they are on the device (the poisoned training set).
 
-    A row's trigger parameters are drawn from its own seeded generator, so every epoch, worker and
-    device sees the same poisoned image, stored as uint8 as a poisoned file would be.
+    `trigger(images, rows)` must treat each row the same whatever batch, worker, device or epoch reads
+    it (`cleanbench.attacks.base.row_trigger` draws a row's parameters from its own seeded generator),
+    and returns uint8 images, as a poisoned file would be stored.
     """
 
-    STREAM = "poison-trigger"
-
-    def __init__(self, base: ImageFiles, rows: Sequence[int], attack: Attack, seed: int) -> None:
+    def __init__(self, base: ImageFiles, rows: Sequence[int], trigger: RowTrigger) -> None:
         self.__dict__.update(base.__dict__)
         self.rows = frozenset(int(r) for r in rows)
-        self.attack = attack
-        self.seed = seed
+        self.trigger = trigger
 
     def load(self, row: int) -> torch.Tensor | Failure:
         if self.squash_triggered and row in self.rows and self.mode == "crop":
@@ -203,5 +202,5 @@ class PoisonedImages(ImageFiles):
             return batch
         batch = batch.clone()
         where = hit.to(batch.device)
-        batch[where] = trigger_rows(self.attack, batch[where], rows[hit], self.seed, self.STREAM)
+        batch[where] = self.trigger(batch[where], rows[hit])
         return batch

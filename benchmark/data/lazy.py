@@ -25,12 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cleanbench.errors import RunError
-from cleanbench.seeding import derive_seed, torch_generator
 
 if TYPE_CHECKING:
     from typing import Self
-
-    from cleanbench.attacks.base import Attack
 
 BAD_IMAGE_POLICIES = ("error", "skip")
 MAX_SKIP_EXAMPLES = 5
@@ -129,21 +126,6 @@ def _rows(index: int | slice | Sequence[int] | torch.Tensor, count: int) -> list
     if tensor.dtype == torch.bool:
         return torch.nonzero(tensor.cpu()).flatten().tolist()
     return [int(i) % count for i in tensor.cpu().flatten().tolist()]
-
-
-def trigger_rows(attack: Attack, images: torch.Tensor, rows: torch.Tensor, seed: int, stream: str) -> torch.Tensor:
-    """uint8 `images` (on any device) with `attack`'s trigger, rounded back to uint8.
-
-    Each row's random parameters come from its own generator (`stream`, `seed`, row number), so a row
-    is triggered identically whichever batch, worker, device or epoch reads it.
-    """
-    from cleanbench.attacks.base import apply_uint8
-
-    if len(rows) == 0:
-        return images
-    drawn = [attack.sample(1, torch_generator(derive_seed(seed, stream, str(int(row))))) for row in rows.tolist()]
-    params = {key: torch.cat([d[key] for d in drawn]).to(images.device) for key in drawn[0]}
-    return apply_uint8(attack, images, params)
 
 
 class _Rows(Dataset):

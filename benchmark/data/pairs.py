@@ -1,4 +1,4 @@
-"""Image-caption pairs from a CSV file in the reference's format (spec section 8), read lazily.
+"""Image-caption pairs from a CSV file in the reference's format (docs/reference.md §6), read lazily.
 
 Columns `image` and `caption` by default (configurable), any one-character delimiter, image paths
 relative to the CSV's folder (or a given root). Indexing the CSV checks every row's path without
@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import overload
 
 import numpy as np
 import torch
@@ -24,9 +24,6 @@ from cleanbench.data.images import CsvImagePaths, ImageFiles, stays_inside
 from cleanbench.data.lazy import BAD_IMAGE_POLICIES, LazyColumn, ReadLog
 from cleanbench.errors import UsageError
 
-if TYPE_CHECKING:
-    from cleanbench.attacks.base import Attack
-    from cleanbench.poisoning import PoisonPlan
 
 
 class Captions(Sequence[str]):
@@ -165,11 +162,3 @@ def load_pairs(
     images = ImageFiles(CsvImagePaths(base, table, what), size, log, on_bad_image, workers, squash_triggered)
     captions = Captions(table.column(1))
     return PairSet(images, captions, torch.full((len(table),), -1, dtype=torch.long))
-
-
-def poison_lazily(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int) -> PairSet:
-    """File-backed pairs with the plan's captions, and its trigger applied to its rows as they are read."""
-    captions = pairs.captions if isinstance(pairs.captions, Captions) else Captions(pairs.captions)
-    replaced = captions.replacing(dict(zip(plan.indices, plan.captions)))
-    images = pairs.images.poisoned(plan.indices, attack, seed)
-    return PairSet(images, replaced, pairs.labels.clone(), pairs.classnames)

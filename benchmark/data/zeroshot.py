@@ -3,7 +3,7 @@
 An evaluation set (`data.eval`) is one of:
 
 - a folder with `labels.csv` (columns `image,label`; paths relative to the folder; a label is a class
-  index or a class name): the reference's ImageNet layout (spec section 8);
+  index or a class name): the reference's ImageNet layout (docs/reference.md §6);
 - a folder of class sub-folders (sorted folder names are the classes, as torchvision's ImageFolder);
 - `torchvision:NAME:ROOT`, a torchvision classification dataset already on disk (never downloaded),
   e.g. `torchvision:CIFAR10:/data/cifar` (its test split; `data.eval_split` picks another).

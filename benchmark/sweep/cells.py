@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,7 @@ import pandas as pd
 from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, ArtifactCache
 from cleanbench.config import RunConfig, budget_label, from_dict, merge
 from cleanbench.errors import CleanbenchError, UsageError
-from cleanbench.fileio import RefusedFile, read_regular_file
-from cleanbench.runcard import MAX_CARD_BYTES
+from cleanbench.runcard import RunCard, finished_card
 from cleanbench.runner import Plan
 from cleanbench.sweep.grid import MAX_CELLS, Grid
 
@@ -78,15 +76,9 @@ def expand(grid: Grid, results_dir: str | None = None, use_cache: bool = True,
     return ordered
 
 
-def done_card(path: Path, cell_key: str) -> dict | None:
-    """The run card at `path` if it is finished (status ok) for this very cell, else None."""
-    try:
-        card = json.loads(read_regular_file(path, MAX_CARD_BYTES, root=path.parent))
-    except (OSError, ValueError, RefusedFile, RecursionError):
-        return None
-    if isinstance(card, dict) and card.get("status") == "ok" and card.get("cell_key") == cell_key:
-        return card
-    return None
+def done_card(path: Path, cell_key: str) -> RunCard | None:
+    """The run card at `path` if it is finished (status ok, valid) for this very cell, else None."""
+    return finished_card(path, cell_key)
 
 
 def cell_cache(cell: Cell) -> ArtifactCache:

@@ -17,6 +17,7 @@ from cleanbench.config import RunConfig, from_dict
 from cleanbench.errors import Interrupted, RunError
 from cleanbench.executors import Executor, LocalExecutor, SequentialExecutor, SlurmExecutor
 from cleanbench.registry import load_plugin_file
+from cleanbench.runcard import RunCard
 from cleanbench.runner import Plan, run_cell
 from cleanbench.sweep.cells import Cell, cell_cache, done_card
 from cleanbench.sweep.grid import ExecutorSpec
@@ -69,12 +70,11 @@ def run_job(job: Job) -> dict[str, Any]:
     return result
 
 
-def card_result(card: dict) -> dict[str, Any]:
+def card_result(card: RunCard) -> dict[str, Any]:
     """The numbers of a run card that the sweep reports: reused artifacts, CA and ASR before and after."""
-    metrics = card.get("metrics", {})
-    values = {f"{name}_{stage}": metrics.get(stage, {}).get(metric, {}).get("value")
+    values = {f"{name}_{stage}": card.metric(stage, metric)
               for name, metric in (("ca", "ca_top1"), ("asr", "asr")) for stage in ("poisoned", "defended")}
-    return {"reused": card.get("reused", []), **values}
+    return {"reused": card.reused or [], **values}
 
 
 def make_executor(spec: ExecutorSpec, results_dir: str) -> Executor:

@@ -2,8 +2,9 @@
 
 It perturbs the image tower's weights with seeded Gaussian noise, then finetunes the whole model on
 the clean pairs with the CLIP loss, using cleanbench's shared trainer (`DefenseContext.finetune`).
-Everything a defense needs is public API: `Defense`, `DefenseContext`, the trainer's
-`InMemoryBatches` and `TrainConfig`, `clip_loss`, and the seeding helpers.
+Everything a defense needs is public API: `Defense`, `DefenseContext`, `TrainingOptions` (the
+finetuning hyper-parameters, extended here by `noise`), `clip_objective`, the trainer's
+`InMemoryBatches`, and the seeding helpers.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from cleanbench.defenses import Defense, DefenseContext
-from cleanbench.losses import clip_loss
+from cleanbench.defenses import Defense, DefenseContext, TrainingOptions, clip_objective
 from cleanbench.seeding import derive_seed, torch_generator
-from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig
+from cleanbench.trainer import InMemoryBatches
 
 if TYPE_CHECKING:  # only annotations use it: listing the plugin does not import open_clip
     from cleanbench.models import ModelBundle
@@ -26,20 +26,19 @@ __all__ = ["NoisyFinetune", "NoisyFinetuneOptions"]
 
 
 @dataclass
-class NoisyFinetuneOptions:
-    """Hyper-parameters; each can be set with `--defense-opt KEY=VALUE` or YAML `defense_options:`."""
+class NoisyFinetuneOptions(TrainingOptions):
+    """The finetuning hyper-parameters (`TrainingOptions`: epochs, batch size, AdamW and schedule)
+    plus the noise; each can be set with `--defense-opt KEY=VALUE` or YAML `defense_options:`."""
 
     noise: float = 0.1
     """Noise standard deviation, relative to each weight tensor's own standard deviation."""
     epochs: int = 5
-    batch_size: int = 128
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, not {self.noise}")
-        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise ValueError("epochs must be >= 1, batch_size >= 2 and lr > 0")
 
 
 class NoisyFinetune(Defense):
@@ -51,7 +50,7 @@ class NoisyFinetune(Defense):
     stage = "post-training finetuning"
     needs = frozenset({"clean_pairs"})
     Options = NoisyFinetuneOptions
-    version = "1"
+    version = "2"
 
     def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
         model, options = bundle.model, self.options
@@ -68,12 +67,5 @@ class NoisyFinetune(Defense):
             {"images": clean.images.to(context.device), "tokens": bundle.tokenizer(clean.captions).to(context.device)},
             options.batch_size,
         )
-
-        def objective(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-            images = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
-            texts = model.encode_text(batch["tokens"], normalize=True)
-            return {"loss": clip_loss(images, texts, model.logit_scale.exp())}
-
-        config = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, warmup_steps=0)
-        context.finetune(model, batches, objective, config, stage=f"defense:{self.name}")
+        context.finetune(model, batches, clip_objective(bundle), options.train_config(), stage=f"defense:{self.name}")
         return model

@@ -1,0 +1,207 @@
+"""The stages of a cell as functions with typed inputs and results: data, poison, pretrain, evaluate,
+defend.
+
+Every path that runs a cell or part of one calls these: the runner (`cleanbench run` and sweeps),
+`cleanbench bench`, `cleanbench check-plugin` and the GPU check, so they cannot drift from what a
+run does. A stage knows nothing of caches or run cards: `artifacts.CellArtifacts.run` wraps a stage
+with the artifact cache, and the runner writes results into the `RunCard`.
+
+A stage that acts during pretraining (a defense that filters the poisoned pairs or changes the
+training objective while the model trains) plugs into `pretrain`: its pairs and its objective are
+inputs, so such a stage hands `pretrain` a filtered `PairSet` or its own objective.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from cleanbench.attacks.base import Attack
+from cleanbench.config import DataConfig, RunConfig
+from cleanbench.data.base import BenchmarkData, ClassificationSet, PairSet, class_index
+from cleanbench.data.loading import check_file_data, load_data
+from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
+from cleanbench.evaluation import evaluate as zero_shot
+from cleanbench.losses import clip_objective
+from cleanbench.models import ModelBundle, input_size
+from cleanbench.poisoning import PoisonPlan, apply_poison, plan_poison, poison_budget
+from cleanbench.seeding import derive_seed
+from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, train
+
+
+def resolve_file_data(config: RunConfig) -> RunConfig:
+    """`config` with what file data implies filled in: the model's input resolution as the image
+    size, the split sizes counted from the files, and the target checked against the evaluation
+    classes (UsageError naming the setting). Embedded data: only the target is checked."""
+    if config.data.source != "embedded":
+        config.data.image_size = input_size(config.model.name)
+    config.target = check_file_data(config.data, config.target)
+    return config
+
+
+@dataclass
+class CellData:
+    """The data stage's result: the three splits, the resolved target class, and what loading cost."""
+
+    data: BenchmarkData
+    target_index: int
+    target_name: str
+    seconds: float
+
+
+def load(config: DataConfig, seed: int, target: str | int) -> CellData:
+    """The data stage: the pretraining pairs, clean pairs and test set of `seed`, and the target class."""
+    start = time.perf_counter()
+    data = load_data(config, seed)
+    target_index = class_index(data.test.classnames, target)
+    return CellData(data, target_index, data.test.classnames[target_index], time.perf_counter() - start)
+
+
+@dataclass
+class PoisonInput:
+    """What the poison stage reads: the clean pairs, the attack, the target and the budget."""
+
+    pairs: PairSet
+    attack: Attack
+    target_index: int
+    target_name: str
+    templates: tuple[str, ...] | list[str]
+    seed: int
+    poison_rate: float | None = None
+    poison_count: int | None = None
+
+
+@dataclass
+class Poisoned:
+    """The poison stage's result: the pairs the model trains on, the plan, and what poisoning cost."""
+
+    pairs: PairSet
+    plan: PoisonPlan
+    total: int
+    seconds: float
+
+    def card_section(self) -> dict[str, Any]:
+        """The run card's `poison` section."""
+        plan = self.plan
+        return {"target": plan.target_name, "target_index": plan.target_index, "count": plan.count,
+                "rate": plan.count / self.total, "candidates": plan.candidates, "indices": plan.indices,
+                "indices_sha256": plan.indices_sha256(), "noise_count": len(plan.noise_indices),
+                "example_captions": plan.captions[:5]}
+
+
+def poison(inputs: PoisonInput) -> Poisoned:
+    """The poison stage: choose the budget's pairs among the attack's candidates and trigger them."""
+    p = inputs
+    budget = 0 if p.attack.name == "none" else poison_budget(len(p.pairs), p.poison_rate, p.poison_count)
+    start = time.perf_counter()
+    plan = plan_poison(p.pairs, p.attack, p.target_index, p.target_name, budget, p.templates, p.seed)
+    pairs = apply_poison(p.pairs, plan, p.attack, p.seed)
+    return Poisoned(pairs, plan, len(p.pairs), time.perf_counter() - start)
+
+
+@dataclass
+class PretrainInput:
+    """What the pretrain stage reads. `objective` defaults to the CLIP loss (`losses.clip_objective`)."""
+
+    bundle: ModelBundle
+    pairs: PairSet
+    config: TrainConfig
+    seed: int
+    device: torch.device
+    progress: bool = False
+    objective: Objective | None = None
+
+
+def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> InMemoryBatches:
+    """The pretraining batches: the pairs' images and tokenised captions on `device`."""
+    tokens = bundle.tokenizer(pairs.captions)
+    return InMemoryBatches({"images": pairs.images.to(device), "tokens": tokens.to(device)}, batch_size)
+
+
+def pretrain(inputs: PretrainInput) -> TrainStats:
+    """The pretrain stage: train `bundle.model` in place on the (poisoned) pairs."""
+    p = inputs
+    batches = pretrain_batches(p.bundle, p.pairs, p.device, p.config.batch_size)
+    objective = p.objective or clip_objective(p.bundle)
+    return train(p.bundle.model, batches, objective, p.config, seed=derive_seed(p.seed, "pretrain"), stage="pretrain",
+                 device=p.device, progress=p.progress)
+
+
+@dataclass
+class EvaluateInput:
+    """What the evaluate stage reads: the model, the test set, the attack's trigger and the target."""
+
+    bundle: ModelBundle
+    test: ClassificationSet
+    attack: Attack
+    target_index: int
+    seed: int
+    device: torch.device
+    classes: torch.Tensor | None = None
+    """The class embeddings, when the caller has them (the runner caches them); else computed."""
+    progress: bool = False
+
+
+def evaluate(inputs: EvaluateInput) -> dict[str, Any]:
+    """The evaluate stage: CA top-1/top-5 on clean test images, ASR and RA on triggered ones."""
+    e = inputs
+    return zero_shot(e.bundle, e.test, e.attack, e.target_index, e.seed, e.device, classes=e.classes,
+                     progress=e.progress)
+
+
+@dataclass
+class DefendInput:
+    """What the defend stage reads: the defense, the poisoned model, the clean pairs, and the guarded
+    run data (`restricted`, see `defenses.base.restricted_data`) that the defense may declare."""
+
+    defense: Defense
+    bundle: ModelBundle
+    clean: PairSet
+    seed: int
+    device: torch.device
+    name: str
+    restricted: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
+    progress: bool = False
+
+
+@dataclass
+class Defended:
+    """The defend stage's result: the defended model, its training statistics and notes, the guarded
+    data it read, and what defending cost."""
+
+    model: nn.Module
+    context: DefenseContext
+    seconds: float
+
+    def card_training(self) -> list[dict[str, Any]]:
+        """The run card's `defense.training` list."""
+        return [s.to_dict() for s in self.context.stats]
+
+
+def guarded_data(poisoned: Poisoned, test: ClassificationSet, attack: Attack, seed: int) -> dict[str, Callable[[], Any]]:
+    """The guarded run data of a cell, for `DefendInput.restricted`."""
+    return restricted_data(poisoned.pairs, poisoned.plan.indices, test, attack, poisoned.plan.target_index, seed)
+
+
+def defense_context(inputs: DefendInput) -> DefenseContext:
+    """The context a defense sees in the defend stage."""
+    d = inputs
+    return DefenseContext(d.clean, d.device, derive_seed(d.seed, "defense"), d.progress,
+                          needs=frozenset(d.defense.needs), defense_name=d.name, restricted=d.restricted)
+
+
+def defend(inputs: DefendInput, context: DefenseContext | None = None) -> Defended:
+    """The defend stage: apply the defense to a shallow copy of the bundle (the model may change in place).
+
+    `context` defaults to `defense_context(inputs)`; a caller that must see the context even when the
+    defense raises (the conformance check reads `context.reads`) makes it first and passes it."""
+    context = context or defense_context(inputs)
+    start = time.perf_counter()
+    model = inputs.defense.apply(copy.copy(inputs.bundle), context)
+    return Defended(model, context, time.perf_counter() - start)
