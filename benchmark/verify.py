@@ -179,7 +179,7 @@ def verify_command(results_dir: str, sample: int | None, seed: int, workers: int
         raise UsageError(f"no run cards under {results_dir!r}; give a results folder, e.g. results/sweeps/standard")
     chosen = select(paths, sample, seed)
     threads = max(_threads(p) for p in chosen)
-    workers = workers or max(1, (os.cpu_count() or 1) // threads)
+    workers = workers or max(1, min(len(chosen), (os.cpu_count() or 1) // threads))
     click.echo(f"verifying {len(chosen)} of {len(paths)} run cards from a cold cache, {workers} at a time")
     start = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="cleanbench-verify-"))

@@ -56,9 +56,10 @@ def test_reused_model_from_another_environment_is_reported_in_one_line(tiny, tmp
 
 def test_rerunning_a_card_from_another_environment_says_so(tiny, tmp_path, capsys, monkeypatch):
     card, path = run_cell(tiny(defense="none", defense_options={}), progress=False, log=lambda m: None)
-    card["environment"]["cpu_capability"] = "VSX"
+    values = json.loads(path.read_text())
+    values["environment"]["cpu_capability"] = "VSX"
     edited = tmp_path / "card.json"
-    edited.write_text(json.dumps(card))
+    edited.write_text(json.dumps(values))
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--config", str(edited), "--quiet"]) == 0
     err = capsys.readouterr().err
