@@ -12,7 +12,7 @@ from cleanbench.config import RunConfig
 _RUN = RunConfig()
 REPEATS = 7
 STEPS = 2
-"""Defaults of `cleanbench.bench.BenchConfig` (tests/test_robustness.py keeps them equal)."""
+"""Defaults of `cleanbench.bench_measure.BenchConfig` (tests/test_robustness.py keeps them equal)."""
 
 
 @click.command("bench")
@@ -29,7 +29,9 @@ STEPS = 2
 def bench_command(model: str, device: str, batch_size: int, image_size: int | None, repeats: int, steps: int,
                   eval_images: int, peak_tflops: float | None, reference_triggers: bool, json_path: str | None) -> None:
     """Measure what each stage of a cell costs on this device, against the bare model."""
-    from cleanbench.bench import BenchConfig, format_result, run_bench
+    from cleanbench.bench import run_bench
+    from cleanbench.bench_measure import BenchConfig
+    from cleanbench.bench_report import format_result
 
     config = BenchConfig(model, device, batch_size, image_size, repeats, steps, eval_images, peak_tflops,
                          reference_triggers)

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from cleanbench.bench import (
-    BenchConfig, BenchResult, Measure, count_flops, device_peak_tflops, format_result, peak_for_name,
+from cleanbench.bench_measure import (
+    BenchConfig, BenchResult, Measure, count_flops, device_peak_tflops, peak_for_name,
 )
+from cleanbench.bench_report import format_result
 from cleanbench.cli import main
 from cleanbench.errors import UsageError
 from cleanbench.registry import ATTACKS

@@ -350,7 +350,7 @@ def test_list_imports_no_open_clip(tmp_path):
 
 
 def test_the_bench_commands_defaults_are_the_bench_configs():
-    from cleanbench.bench import BenchConfig
+    from cleanbench.bench_measure import BenchConfig
     from cleanbench.bench_command import bench_command
 
     defaults = {p.name: p.default for p in bench_command.params}

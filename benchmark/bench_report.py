@@ -1,0 +1,68 @@
+"""The tables `cleanbench bench` prints from a `BenchResult`: stages, breakdown per step, cell estimate."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cleanbench.bench_measure import NOISY_SPREAD, STAGE_GROUPS, BenchResult
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
+
+
+def _compared(row: dict[str, Any]) -> str:
+    if row["overhead"] is not None:
+        return f"{row['overhead']:+.1%} vs bare"
+    if row["speed_ratio"] is not None:
+        return f"{row['speed_ratio']:.2f}x " + ("reference" if row["group"] == "reference trigger" else "bare")
+    return ""
+
+
+def format_result(result: BenchResult) -> str:
+    """The tables `cleanbench bench` prints: stages, breakdown per step, cell estimate."""
+    import pandas as pd
+
+    cuda = result.environment["device"].startswith("cuda")
+    lines = []
+    env = result.environment
+    lines.append(f"{env['device']} ({env['device_name']}), torch {env['torch']}, {env['threads']} threads, "
+                 f"{result.config.model} at {env['image_size']} px, batch {result.config.batch_size}, "
+                 f"{result.config.repeats} repetitions of {result.config.steps} steps, load average "
+                 f"{env['load_average_start'][0]:.2f} -> {env['load_average_end'][0]:.2f}")
+    table = []
+    for row in result.rows():
+        if row["group"].startswith("part:"):
+            continue
+        training = row["group"] in ("training", "model") and row["key"].startswith(("train:", "bare:train"))
+        entry = {
+            "group": row["group"], "stage": row["name"], "items/call": row["items"],
+            "ms/call": _fmt(1000 * row["median_seconds"], "{:.1f}"), "spread": _fmt(row["spread"], "{:.0%}"),
+            "images/s": _fmt(row["images_per_second"], "{:.0f}"),
+            "compared": _compared(row),
+            "target": "" if row["met"] is None else ("met" if row["met"] else "MISSED"),
+            "GFLOP/step": _fmt(row["flops"] / row["steps"] / 1e9 if training and row["flops"] else None, "{:.2f}"),
+        }
+        entry["GFLOP/s"] = _fmt(row["achieved_tflops"] * 1e3 if row["achieved_tflops"] else None, "{:.0f}")
+        data_sheet = cuda and not str(env.get("peak_source", "")).startswith("measured")
+        entry["MFU" if data_sheet else "of peak"] = _fmt(row["mfu"], "{:.1%}")
+        table.append(entry)
+    lines.append(pd.DataFrame(table).to_string(index=False))
+    if result.peak_tflops is None:
+        lines.append("peak: unknown for this device; pass --peak-tflops")
+    elif "matmul_peak_tflops" in env:
+        lines.append(f"peak {1e3 * result.peak_tflops:.0f} GFLOP/s ({env.get('peak_source')}); "
+                     f"measured float32 matmul {1e3 * env['matmul_peak_tflops']:.0f} GFLOP/s")
+    noisy = [m.name for m in result.measures.values() if m.group in STAGE_GROUPS and m.spread > NOISY_SPREAD]
+    if noisy:
+        lines.append(f"noisy: {len(noisy)} stage rows spread over {NOISY_SPREAD:.0%} (the device was busy); "
+                     "comparisons pair repetitions, but rerun on a quiet device for reliable figures")
+    lines.append("")
+    lines.append("where a step's time goes (ms per step; parts timed on their own, `other` is what is left):")
+    breakdown = pd.DataFrame(result.breakdown).fillna(float("nan"))
+    lines.append(breakdown.to_string(float_format=lambda v: f"{v:.1f}", na_rep=""))
+    lines.append("")
+    lines.append("one default cell (`cleanbench run` defaults with this model and batch), estimated seconds:")
+    lines.append("  " + ", ".join(f"{k} {v:.1f}" for k, v in result.estimate.items()))
+    return "\n".join(lines)
