@@ -202,6 +202,19 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
     raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
+def check_budget(rate: float | None, count: int | None, total: int | None = None) -> None:
+    """The poison budget's one rule: at most one of a rate in (0, 1] and a count in 0..`total` (the
+    pretraining pairs; only >= 0 while they are not counted yet). UsageError for anything else."""
+    if rate is not None and count is not None:
+        raise UsageError("give either poison_rate or poison_count, not both")
+    if rate is not None and not 0 < rate <= 1:
+        raise UsageError(f"poison rate {rate} is outside (0, 1]; e.g. --poison-rate 0.02 for 2 %")
+    if count is not None and total is None and count < 0:
+        raise UsageError(f"poison count {count} must be >= 0")
+    if count is not None and total is not None and not 0 <= count <= total:
+        raise UsageError(f"poison count {count} is outside 0..{total} (the training set size)")
+
+
 def budget_label(poison_rate: float | None, poison_count: int | None) -> str:
     """A poison budget as it names run cards and table rows: `n25` for a count, `p0.02` for a rate."""
     return f"n{poison_count}" if poison_count is not None else f"p{poison_rate:g}"
@@ -327,12 +340,7 @@ def _validate_model(model: ModelConfig) -> None:
 def validate(config: RunConfig) -> RunConfig:
     """Range checks that need more than a type (the files a config names are checked by
     `stages.resolve_file_data`)."""
-    if config.poison_rate is not None and config.poison_count is not None:
-        raise UsageError("give either poison_rate or poison_count, not both")
-    if config.poison_rate is not None and not 0 < config.poison_rate <= 1:
-        raise UsageError(f"poison rate {config.poison_rate} is outside (0, 1]; e.g. --poison-rate 0.02 for 2 %")
-    if config.poison_count is not None and config.poison_count < 0:
-        raise UsageError(f"poison count {config.poison_count} must be >= 0")
+    check_budget(config.poison_rate, config.poison_count)
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
         raise UsageError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N")
     if config.threads < 1:

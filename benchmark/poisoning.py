@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from cleanbench.attacks.base import Attack, row_trigger, trigger_uint8
+from cleanbench.config import check_budget
 from cleanbench.data.base import PairSet
 from cleanbench.data.lazy import LazyColumn
 from cleanbench.data.pairs import Captions
@@ -44,16 +45,12 @@ class PoisonPlan:
 
 
 def poison_budget(total: int, rate: float | None = None, count: int | None = None) -> int:
-    """The number of pairs to poison, from a rate in (0, 1] or a count; exactly one is given."""
-    if (rate is None) == (count is None):
+    """The number of pairs to poison, from a rate in (0, 1] or a count (`config.check_budget`); exactly
+    one is given."""
+    if rate is None and count is None:
         raise UsageError("give exactly one of --poison-rate and --poison-count")
-    if count is not None:
-        if count < 0 or count > total:
-            raise UsageError(f"poison count {count} is outside 0..{total} (the training set size)")
-        return int(count)
-    if not 0 < rate <= 1:
-        raise UsageError(f"poison rate {rate} is outside (0, 1]; e.g. --poison-rate 0.02 for 2 %")
-    return max(1, round(rate * total))
+    check_budget(rate, count, total)
+    return int(count) if count is not None else max(1, round(rate * total))
 
 
 def plan_poison(

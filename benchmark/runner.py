@@ -29,8 +29,6 @@ from cleanbench.artifacts import CellArtifacts
 from cleanbench.attacks.base import Attack
 from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, content_key
 from cleanbench.config import RunConfig, budget_label, build_options, validate
-from cleanbench.data.base import class_index
-from cleanbench.data.shapes import SHAPES
 from cleanbench.defenses.base import Defense
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.evaluation import clean_accuracy
@@ -117,12 +115,6 @@ class Plan:
         self._data_parts: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, str] = {}  # computed once: a grid's expansion asks for each key several times
         check_model(config.model.name, config.model.pretrained)
-        if config.data.source == "embedded":
-            try:
-                target_index = class_index(SHAPES, config.target)
-            except ValueError as error:
-                raise UsageError(f"target {config.target!r}: {error}; use --target NAME") from error
-            config.target = SHAPES[target_index]
         self.tuning = apply_record(config)  # after the checks of the user's own options
         self.defense_options = build_options(
             self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options"

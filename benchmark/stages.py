@@ -38,7 +38,8 @@ from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainSta
 def resolve_file_data(config: RunConfig) -> RunConfig:
     """`config` with what file data implies filled in: the model's input resolution as the image
     size, the split sizes counted from the files, and the target checked against the evaluation
-    classes (UsageError naming the setting). Embedded data: only the target is checked."""
+    classes (UsageError naming the setting). Embedded data: only the target is checked (among the
+    shapes)."""
     if config.data.source != "embedded":
         config.data.image_size = input_size(config.model.name)
     config.target = check_file_data(config.data, config.target)

@@ -17,6 +17,7 @@ from cleanbench.data.base import BenchmarkData, class_index
 from cleanbench.data.embedded import load_embedded
 from cleanbench.data.lazy import default_workers
 from cleanbench.data.pairs import index_pairs, load_pairs
+from cleanbench.data.shapes import SHAPES
 from cleanbench.data.zeroshot import eval_classes, load_eval_set
 from cleanbench.errors import UsageError
 from cleanbench.seeding import derive_seed
@@ -66,12 +67,13 @@ def load_data(data: DataConfig, seed: int) -> BenchmarkData:
 
 def check_file_data(data: DataConfig, target: str) -> str:
     """Check file-data settings and fill `n_pretrain`, `n_clean`, `n_test` with the counts; returns the
-    target's class name. UsageError, naming the setting, for anything wrong."""
+    target's class name (`resolve_target`; embedded data: among the shapes). UsageError, naming the
+    setting, for anything wrong."""
     if data.source == "embedded":
         given = [name for name in FILE_FIELDS if getattr(data, name)]
         if given:
             raise UsageError(f"data.{given[0]} is set but data.source is 'embedded'; set data.source: csv")
-        return target
+        return resolve_target(SHAPES, target)
     if data.source != "csv":
         raise UsageError(f"data source {data.source!r} is not known; use one of {', '.join(SOURCES)}")
     if not data.train:
@@ -96,6 +98,12 @@ def check_file_data(data: DataConfig, target: str) -> str:
     test = load_eval_set(data.eval, data.image_size, classes_file=data.eval_classes, split=data.eval_split,
                          on_bad_image=data.on_bad_image, limit=data.limit_test)
     data.n_test = len(test)
+    return resolve_target(classnames, target)
+
+
+def resolve_target(classnames: tuple[str, ...] | list[str], target: str) -> str:
+    """The target class as a config names it: its name, or its index where the name repeats. UsageError
+    for a class that is not in `classnames`."""
     try:
         index = class_index(classnames, target)
     except ValueError as error:
