@@ -162,7 +162,9 @@ def test_preset_run_without_cached_weights_stops_at_once(capsys, tmp_path, files
     start = time.perf_counter()
     code, _, err = _run(capsys, "run", "--preset", "paper-openai-rn50-finetune", "--data", str(train),
                         "--eval-data", str(evaluation), "--poison-count", "5", "--results-dir", str(tmp_path / "r"))
-    assert time.perf_counter() - start < 1.0
+    # "At once" means before any training and without the ~47 s offline hub look-up; the bound is
+    # loose so that a busy machine does not fail it.
+    assert time.perf_counter() - start < 20.0
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "RN50-quickgelu / openai" in err and "HF_HUB_OFFLINE" in err and not (tmp_path / "r").exists()
 
