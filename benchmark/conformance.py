@@ -56,6 +56,11 @@ class Report:
     passed: list[tuple[str, str]] = field(default_factory=list)
     cost: dict[str, Any] = field(default_factory=dict)
 
+    def record(self, check: str, detail: str, log: Callable[[str], None]) -> None:
+        """Note that `check` passed, and say so through `log`."""
+        self.passed.append((check, detail))
+        log(f"  ok    {check}: {detail}")
+
 
 @dataclass
 class _Setup:
@@ -217,8 +222,7 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
     report = Report(name)
 
     def passed(check: str, detail: str) -> None:
-        report.passed.append((check, detail))
-        log(f"  ok    {check}: {detail}")
+        report.record(check, detail, log)
 
     cls, options, source = _load(name, overrides or {})
     passed("loads", f"{cls.__name__} ({source}), stage {cls.stage!r}, needs {', '.join(sorted(cls.needs)) or 'nothing'}")

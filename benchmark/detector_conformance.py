@@ -77,8 +77,7 @@ def check_detector(name: str, overrides: dict[str, Any] | None = None, seed: int
     report = Report(name)
 
     def passed(check: str, detail: str) -> None:
-        report.passed.append((check, detail))
-        log(f"  ok    {check}: {detail}")
+        report.record(check, detail, log)
 
     cls, options = _load(name, overrides or {})
     passed("loads", f"{cls.__name__}, options {dataclasses.asdict(options)}")
