@@ -16,7 +16,7 @@ All InfoNCE terms share CLIP's learnable temperature (`losses.inmodal_loss`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from cleanbench.defenses.safe_split import next_ratio, safe_by_ratio, safe_by_th
 from cleanbench.detectors.base import embed_pairs
 from cleanbench.losses import inmodal_loss
 from cleanbench.seeding import derive_seed, torch_generator
-from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainStats, train
+from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainStats
 
 if TYPE_CHECKING:
     from cleanbench.models import ModelBundle
@@ -161,12 +161,18 @@ class SafeCLIPRun:
     safe_sets: list[np.ndarray]
 
 
+Trainer = Callable[[InMemoryBatches | SplitBatches, Objective, str, TrainConfig], TrainStats]
+"""Trains the model with (batches, objective, stage name, configuration): the defense's
+`context.pretrain`, or `trainer.train` around a model."""
+
+
 def pretrain_safeclip(bundle: ModelBundle, pairs: PairSet, config: TrainConfig, schedule: Schedule, view: ImageView,
-                      eda: EDA, seed: int, device: torch.device, progress: bool = False) -> SafeCLIPRun:
-    """Train `bundle.model` in place on `pairs` with SafeCLIP's three phases; `config` gives the
-    optimisation (batch, learning rate, warm-up, decay) of the unimodal and mixed phases; the
-    cross-modal warm-up runs at `schedule.align_lr` without warm-up. Each phase starts a fresh
-    AdamW and its own warm-up and cosine schedule."""
+                      eda: EDA, seed: int, device: torch.device, trainer: Trainer) -> SafeCLIPRun:
+    """Train `bundle.model` in place on `pairs` with SafeCLIP's three phases through `trainer`.
+
+    `config` gives the optimisation (batch, learning rate, warm-up, decay) of the unimodal and mixed
+    phases; the cross-modal warm-up runs at `schedule.align_lr` without warm-up. Each phase is one
+    trainer call (a fresh AdamW with its own warm-up and cosine decay); `seed` seeds the image views."""
     tokens = {"text_1": bundle.tokenizer(eda.views(pairs.captions)).to(device),
               "text_2": bundle.tokenizer(eda.views(pairs.captions)).to(device)}
     columns = {"images": pairs.images.to(device), **tokens}
@@ -174,8 +180,7 @@ def pretrain_safeclip(bundle: ModelBundle, pairs: PairSet, config: TrainConfig, 
     stats: list[TrainStats] = []
 
     def run(batches: InMemoryBatches | SplitBatches, phase: str, phase_config: TrainConfig) -> None:
-        stats.append(train(bundle.model, batches, view_objective(bundle, view, generator, phase), phase_config,
-                           seed=seed, stage=f"safeclip:{phase}", device=device, progress=progress, items_per_pair=2))
+        stats.append(trainer(batches, view_objective(bundle, view, generator, phase), f"safeclip:{phase}", phase_config))
 
     everything = InMemoryBatches(columns, config.batch_size)
     if schedule.unimodal_epochs:

@@ -22,6 +22,7 @@ from cleanbench.defenses.safeclip_training import (
     view_objective,
 )
 from cleanbench.models import build_model
+from cleanbench.trainer import train
 
 SCHEDULE = Schedule(unimodal_epochs=1, align_epochs=1, align_lr=1e-4, mixed_epochs=2, threshold=0.9, growth=0.1,
                     cap=0.85)
@@ -117,8 +118,11 @@ def test_pretraining_runs_the_three_phases_and_is_seeded(tiny_pairs):
     def run():
         copy_ = copy.copy(bundle)
         copy_.model = copy.deepcopy(bundle.model)
-        result = pretrain_safeclip(copy_, pairs, config, SCHEDULE, _identity_view, EDA(seed=0), seed=3,
-                                   device=torch.device("cpu"))
+        def trainer(batches, objective, stage, phase_config):
+            return train(copy_.model, batches, objective, phase_config, seed=3, stage=stage, items_per_pair=2)
+
+        result = pretrain_safeclip(copy_, pairs, config, SCHEDULE, _identity_view, EDA(seed=0), 3,
+                                   torch.device("cpu"), trainer)
         return copy_.model, result
 
     model, result = run()
