@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class SafeCLIPOptions:
-    """SafeCLIP's hyper-parameters. `mixed_epochs` None: as many as the run's pretraining epochs."""
+    """SafeCLIP's hyper-parameters. `mixed_epochs` None: the run's pretraining epochs less the unimodal
+    warm-up's (at least one), so the warm-up takes its place in the pretraining budget."""
 
     unimodal_epochs: int = 1
     align_epochs: int = 1
@@ -70,7 +71,7 @@ class SafeCLIP(Defense):
     def schedule(self, pretrain_epochs: int) -> Schedule:
         """The phases and split rule for a run whose plain pretraining has `pretrain_epochs` epochs."""
         o = self.options
-        mixed = o.mixed_epochs if o.mixed_epochs is not None else pretrain_epochs
+        mixed = o.mixed_epochs if o.mixed_epochs is not None else max(1, pretrain_epochs - o.unimodal_epochs)
         return Schedule(o.unimodal_epochs, o.align_epochs, o.align_lr, mixed, o.threshold, o.growth, o.cap)
 
     def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
