@@ -135,3 +135,27 @@ def test_pretraining_runs_the_three_phases_and_is_seeded(tiny_pairs):
     for (name, a), b, c in zip(model.state_dict().items(), again.state_dict().values(), bundle.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert any(not torch.equal(a, c) for a, c in zip(model.state_dict().values(), bundle.model.state_dict().values()))
+
+
+def test_default_schedule_gives_the_unimodal_warm_up_part_of_the_pretraining_budget():
+    from cleanbench.defenses.safeclip import SafeCLIP, SafeCLIPOptions
+
+    assert SafeCLIP(SafeCLIPOptions()).schedule(3) == Schedule(1, 1, 5e-4, 2, 0.9, 0.1, 0.85)
+    assert SafeCLIP(SafeCLIPOptions()).schedule(1).mixed_epochs == 1
+    assert SafeCLIP(SafeCLIPOptions(unimodal_epochs=5, mixed_epochs=7)).schedule(32).mixed_epochs == 7
+    assert SafeCLIP(SafeCLIPOptions(unimodal_epochs=5)).schedule(32).mixed_epochs == 27
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"mixed_epochs": 0}, "mixed_epochs must be >= 1"),
+    ({"align_lr": 0.0}, "align_lr must be > 0"),
+    ({"threshold": 1.0}, "threshold must be in"),
+    ({"cap": 0.0}, "cap in"),
+    ({"unimodal_epochs": -1}, "must be >= 0"),
+    ({"image_view": "mixup"}, "unknown image view"),
+])
+def test_bad_options_are_refused_with_the_reason(values, message):
+    from cleanbench.defenses.safeclip import SafeCLIPOptions
+
+    with pytest.raises(ValueError, match=message):
+        SafeCLIPOptions(**values)
