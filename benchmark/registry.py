@@ -136,6 +136,9 @@ ATTACKS: Registry = Registry(
         "label-consistent": "cleanbench.attacks.label_consistent:LabelConsistent",
         "sig": "cleanbench.attacks.sig:SIG",
         "solid-patch": "cleanbench.attacks.solid_patch:SolidPatch",
+        "badnet-stripes": "cleanbench.attacks.structured:BadNetStripes",
+        "blended-stripes": "cleanbench.attacks.structured:BlendedStripes",
+        "blended-triangles": "cleanbench.attacks.structured:BlendedTriangles",
     },
     "cleanbench.attacks.base:Attack",
 )
