@@ -151,6 +151,7 @@ DEFENSES: Registry = Registry(
         "finetune": "cleanbench.defenses.finetune:Finetune",
         "unimodal": "cleanbench.defenses.unimodal:Unimodal",
         "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
+        "par": "cleanbench.defenses.par:PAR",
     },
     "cleanbench.defenses.base:Defense",
 )
