@@ -38,6 +38,7 @@ def _grid(text: str | None, default: tuple[float, ...]) -> list[float]:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir, output, update, plugin, quiet) -> None:
     """Pick each defense's strength on the clean-model control's validation split (never test, never ASR)."""
+    from cleanbench.defenses.base import acts_in_pretraining
     from cleanbench.runner import run_cell
 
     for path in plugin:
@@ -51,17 +52,18 @@ def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir
     if budget < 0:
         raise UsageError(f"--budget {budget}: a CA drop budget must be >= 0 points")
     setting = getattr(base, "setting", None) or preset or (Path(config_file).stem if config_file else "default")
+    names = list(defenses) or [e.name for e in DEFENSES.entries() if not e.error and getattr(e.target, "strength", None)
+                               and not acts_in_pretraining(e.target)]
+    for name in names:  # every name checked before any cell runs
+        _check_tunable(name)
     seeds = list(seeds) or [0]
     target = Path(output or Path(results_dir) / f"{setting}.json")
     existing = load_record(target) if update and target.exists() else None
     if existing is not None:  # refuse a record made under another protocol before any run
         merge_records(existing, record(setting, seeds, budget, {}))
-    names = list(defenses) or [e.name for e in DEFENSES.entries() if not e.error and getattr(e.target, "strength", None)]
     entries = {}
     for name in names:
         strength = DEFENSES.get(name).strength
-        if strength is None:
-            raise UsageError(f"defense {name!r} declares no strength knob (class attribute `strength`); it cannot be tuned")
         values_grid = _grid(grid, strength.grid)
         groups = []
         for i, config in enumerate(tuning_runs(base, name, strength.knob, values_grid, seeds)):
@@ -77,3 +79,16 @@ def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir
     values = record(setting, seeds, budget, entries)
     path = write_record(target, merge_records(existing, values) if existing is not None else values)
     click.echo(f"tuning record: {path}")
+
+
+def _check_tunable(name: str) -> None:
+    """UsageError unless defense `name` can be tuned: a post-training defense with a strength knob."""
+    from cleanbench.defenses.base import acts_in_pretraining
+
+    cls = DEFENSES.get(name)
+    if acts_in_pretraining(cls):
+        raise UsageError(f"defense {name!r} acts during pretraining: the tuning protocol picks a post-training "
+                         "defense's strength on the clean-model control and does not apply to it (each grid value "
+                         f"would be a full pretraining); set its options with --defense-opt (docs/defenses.md)")
+    if cls.strength is None:
+        raise UsageError(f"defense {name!r} declares no strength knob (class attribute `strength`); it cannot be tuned")
