@@ -31,7 +31,7 @@ from cleanbench.defenses.base import Defense, DefenseContext, Strength
 from cleanbench.defenses.contrastive import TrainingOptions
 from cleanbench.losses import par_loss
 from cleanbench.seeding import derive_seed, torch_generator
-from cleanbench.trainer import Batch, InMemoryBatches, Objective
+from cleanbench.trainer import Batch, InMemoryBatches, Objective, pair_batches
 
 if TYPE_CHECKING:
     from cleanbench.models import ModelBundle
@@ -114,8 +114,6 @@ class PAR(Defense):
         """The batches and the objective (with the frozen copy of the poisoned model) that `apply`
         trains with, and the list to which the objective appends each step's (D_I, D_T)."""
         options = self.options
-        clean = context.clean
-        tensors = {"images": clean.images.to(context.device), "tokens": bundle.tokenizer(clean.captions).to(context.device)}
         frozen = copy.deepcopy(bundle.model).requires_grad_(False)
         generator = torch_generator(derive_seed(context.seed, self.name, "views"))
         distances: list[tuple[float, float]] = []
@@ -133,7 +131,7 @@ class PAR(Defense):
             distances.append((float(parts["image_distance"]), float(parts["text_distance"])))
             return parts
 
-        return InMemoryBatches(tensors, options.batch_size), objective, distances
+        return pair_batches(bundle, context.clean, context.device, options.batch_size), objective, distances
 
     def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
         batches, objective, distances = self.prepare(bundle, context)
