@@ -152,6 +152,7 @@ DEFENSES: Registry = Registry(
         "unimodal": "cleanbench.defenses.unimodal:Unimodal",
         "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
         "par": "cleanbench.defenses.par:PAR",
+        "roclip": "cleanbench.defenses.roclip:RoCLIP",
     },
     "cleanbench.defenses.base:Defense",
 )

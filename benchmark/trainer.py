@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -83,10 +83,10 @@ class InMemoryBatches:
 
 
 def pair_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int,
-                 **columns: torch.Tensor) -> InMemoryBatches:
-    """Training batches of `pairs`: their images (on `device`), their tokenised captions, and any extra
-    per-pair `columns` (e.g. a pretraining-stage defense's augmented captions)."""
-    tokens = bundle.tokenizer(pairs.captions)
+                 captions: Sequence[str] | None = None, **columns: torch.Tensor) -> InMemoryBatches:
+    """Training batches of `pairs`: their images (on `device`), their tokenised captions (or
+    `captions`, one per pair, e.g. augmented ones), and any extra per-pair `columns`."""
+    tokens = bundle.tokenizer(pairs.captions if captions is None else list(captions))
     return InMemoryBatches({"images": pairs.images.to(device), "tokens": tokens.to(device), **columns}, batch_size)
 
 
