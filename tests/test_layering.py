@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("records and caching", ("registry", "cache", "artifacts", "runcard", "tuning")),
     ("stages", ("stages",)),
     ("cell", ("runner", "trigger_fit", "presets", "summary", "export")),
-    ("tools", ("bench", "bench_measure", "bench_probes", "bench_report", "conformance", "detector_conformance",
+    ("tools", ("bench", "bench_measure", "bench_probes", "bench_report", "conformance", "detector_conformance", "attack_conformance",
                "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection", "detection_report",
                "leaderboard", "leaderboard.*")),
     ("command line", ("cli", "__main__", "detect_command", "tuning_command", "bench_command", "cache_command",
