@@ -226,11 +226,17 @@ class Plan:
         return content_key({"artifact": "evaluation", "cleanbench": cleanbench.__version__,
                             "model": model_key, "eval_data": self._data("eval"), "threads": self.config.threads})
 
+    def surrogate_evaluation_key(self) -> str:
+        """Hash of what determines the optimised trigger's evaluation on its own surrogate (no poisoning):
+        the trigger (whose key holds the surrogate's) and the test set."""
+        return content_key({"artifact": "surrogate-evaluation", "cleanbench": cleanbench.__version__,
+                            "trigger": self.trigger_key(), "eval_data": self._data("eval"), "threads": self.config.threads})
+
     def artifact_keys(self) -> dict[str, str]:
         """The keys of the cell's four artifacts, by name."""
         poisoned, defended = self.poisoned_model_key(), self.defended_model_key()
-        fitted = ({"surrogate_model": self.surrogate_model_key(), "attack_trigger": self.trigger_key()}
-                  if self.attack_cls.needs_surrogate else {})
+        fitted = ({"surrogate_model": self.surrogate_model_key(), "attack_trigger": self.trigger_key(),
+                   "surrogate_evaluation": self.surrogate_evaluation_key()} if self.attack_cls.needs_surrogate else {})
         return {**fitted, "poisoned_model": poisoned, "poisoned_evaluation": self.evaluation_key(poisoned),
                 "defended_model": defended, "defended_evaluation": self.evaluation_key(defended)}
 

@@ -28,7 +28,9 @@ def fit_attack(attack: Attack, config: RunConfig, surrogate_kind: str, cell: sta
     """Give `attack` its optimised trigger (reused from the cache, or fitted and stored); returns the
     run card's `attack.trigger` record: surrogate, steps, first and final losses, seconds, key, reuse.
 
-    `cache.keys` holds `surrogate_model` and `attack_trigger` (`Plan.artifact_keys`)."""
+    `cache.keys` holds `surrogate_model` and `attack_trigger` (`Plan.artifact_keys`); when it also holds
+    `surrogate_evaluation`, the record gains `on_surrogate`: CA, ASR and RA of the surrogate itself
+    with the trigger (cached as an evaluation), the ASR the trigger reaches with no poisoning at all."""
 
     def compute() -> tuple[dict, dict]:
         bundle, pretrain_record = _surrogate_bundle(config, surrogate_kind, cell, cache, device, progress, log)
@@ -43,10 +45,26 @@ def fit_attack(attack: Attack, config: RunConfig, surrogate_kind: str, cell: sta
     log(f"trigger: {'reused cached' if reused else 'optimised'} {attack.name} trigger {key[:12]} on the "
         f"{surrogate_kind} surrogate ({record['steps']} steps, {record['seconds']:.1f} s; final losses "
         + ", ".join(f"{k} {v:.4f}" for k, v in record["final_losses"].items()) + ")")
+    on_surrogate = None
+    if "surrogate_evaluation" in cache.keys:
+        on_surrogate = cache.evaluation("surrogate_evaluation", lambda: _evaluate_on_surrogate(
+            attack, config, surrogate_kind, cell, cache, device, log))
+        log(f"trigger on its surrogate (no poisoning): CA {on_surrogate['ca_top1']['value']:.1%}  "
+            f"ASR {on_surrogate['asr']['value']:.1%}")
     shown = {k: v for k, v in record.items() if k not in ("captions", "surrogate_pretrain")}
+    if on_surrogate is not None:
+        shown["on_surrogate"] = {name: on_surrogate[name] for name in ("ca_top1", "asr", "ra")}
     surrogate = {"kind": surrogate_kind, "key": cache.keys["surrogate_model"],
                  **({"pretrain": record["surrogate_pretrain"]} if record.get("surrogate_pretrain") else {})}
     return {**shown, "surrogate": surrogate, "caption_examples": record["captions"][:5], "key": key, "reused": reused}
+
+
+def _evaluate_on_surrogate(attack: Attack, config: RunConfig, kind: str, cell: stages.CellData,
+                           cache: CellArtifacts, device: Any, log: Log) -> dict:
+    """CA and ASR of the surrogate itself with the optimised trigger: how far the trigger alone, with
+    no poisoning, moves a clean model towards the target (an adversarial patch's base rate)."""
+    bundle, _ = _surrogate_bundle(config, kind, cell, cache, device, False, log)
+    return stages.evaluate(stages.EvaluateInput(bundle, cell.data.test, attack, cell.target_index, config.seed, device))
 
 
 def _surrogate_bundle(config: RunConfig, kind: str, cell: stages.CellData, cache: CellArtifacts, device: Any,

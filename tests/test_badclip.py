@@ -108,6 +108,7 @@ def test_a_cell_optimises_on_the_clean_control_and_caches_the_trigger(tiny):
     assert trigger["surrogate"]["pretrain"]["reused"] is False
     assert trigger["steps"] > 0 and trigger["seconds"] > 0 and not trigger["reused"]
     assert card["attack"]["fitted"] and card["costs"]["trigger_seconds"] == trigger["seconds"]
+    assert 0 <= trigger["on_surrogate"]["asr"]["value"] <= 1 and trigger["on_surrogate"]["asr"]["total"] > 0
     assert card["poison"]["example_captions"][0] in trigger["caption_examples"] or card["poison"]["count"] > 5
 
     control, _ = run_cell(tiny(attack="none", defense="none", defense_options={}), progress=False, log=lambda m: None)
@@ -117,6 +118,8 @@ def test_a_cell_optimises_on_the_clean_control_and_caches_the_trigger(tiny):
                         log=lambda message: None)
     assert again["artifacts"]["attack_trigger_reused"] and again["artifacts"]["poisoned_model_reused"]
     assert again["attack"]["trigger"]["final_losses"] == trigger["final_losses"]
+    assert again["artifacts"]["surrogate_evaluation_reused"]
+    assert again["attack"]["trigger"]["on_surrogate"] == trigger["on_surrogate"]
     assert again["poison"]["indices_sha256"] == card["poison"]["indices_sha256"]
 
 
@@ -138,3 +141,14 @@ def test_pretrained_weights_are_the_surrogate_when_given(tiny, tmp_path):
     assert card["attack"]["trigger"]["surrogate"]["kind"] == "pretrained"
     assert "pretrain" not in card["attack"]["trigger"]["surrogate"]
     assert ArtifactCache(config.cache_dir).has("attack-triggers", card["artifacts"]["attack_trigger"])
+
+
+def test_detect_uses_the_runs_trigger_and_poisoned_model(tiny):
+    from cleanbench.detection import DetectionPlan, prepare_cell, resolve_detectors
+
+    config = tiny(attack="badclip", defense="none", defense_options={}, attack_options=SMALL)
+    card, _ = run_cell(config, progress=False, log=lambda message: None)
+    lines: list[str] = []
+    cell = prepare_cell(DetectionPlan(config, resolve_detectors(["cosine"])), progress=False, log=lines.append)
+    assert cell.model_reused and any("reused cached badclip trigger" in line for line in lines)
+    assert cell.poison["indices_sha256"] == card["poison"]["indices_sha256"]
