@@ -17,8 +17,6 @@ from cleanbench.artifacts import CellArtifacts
 from cleanbench.attacks.base import Attack, FittedTrigger
 from cleanbench.cache import ATTACK_TRIGGERS, POISONED_MODELS
 from cleanbench.config import RunConfig
-from cleanbench.models import build_model
-from cleanbench.seeding import derive_seed, seed_everything
 
 Log = Callable[[str], None]
 
@@ -72,8 +70,7 @@ def _surrogate_bundle(config: RunConfig, kind: str, cell: stages.CellData, cache
     """The surrogate model and, for the clean control, its pretraining record (None for pretrained
     weights). The clean control is built and trained as the `none` cell does: the same seeds, the
     same pairs (attack `none` poisons nothing)."""
-    seed_everything(derive_seed(config.seed, "init"))
-    bundle = build_model(config.model.name, config.model.pretrained, str(device), config.model.trust_checkpoint)
+    bundle = stages.initial_model(config.model, config.seed, device)
     if kind == "pretrained":
         return bundle, None
     control = {**config.to_dict(), "attack": "none", "attack_options": {}}
