@@ -139,6 +139,7 @@ ATTACKS: Registry = Registry(
         "badnet-stripes": "cleanbench.attacks.structured:BadNetStripes",
         "blended-stripes": "cleanbench.attacks.structured:BlendedStripes",
         "blended-triangles": "cleanbench.attacks.structured:BlendedTriangles",
+        "badclip": "cleanbench.attacks.badclip:BadCLIP",
     },
     "cleanbench.attacks.base:Attack",
 )
