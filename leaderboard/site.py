@@ -20,6 +20,7 @@ import pandas as pd
 
 from cleanbench.errors import UsageError
 from cleanbench.leaderboard.cards import scan_cards
+from cleanbench.leaderboard.detections import detection_views, load_detection_cards
 from cleanbench.leaderboard.display import (
     attack_ranking_view,
     defense_ranking_view,
@@ -178,6 +179,7 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
         raise UsageError(f"no valid run cards under {str(results_dir / 'runs')!r}{skipped}")
     analysis = analyse(scan.cards)
     table = analysis.table
+    detection_cards, detection_rejected = load_detection_cards(results_dir)
     _prepare(site_dir)
     _copy_static(site_dir)
     env = _environment()
@@ -204,7 +206,8 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     render("index.html", "index.html", title="Leaderboard", rows=rows, figures=figures, attacks=attacks,
            defenses=defenses, rates=list(dict.fromkeys(r["rate"] for r in sorted(rows, key=lambda r: r["rate_value"]))),
-           statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected, n_cards=len(scan.cards),
+           statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected + detection_rejected, n_cards=len(scan.cards),
+           detections=detection_views(detection_cards), n_detection_cards=len(detection_cards),
            n_ok=sum(c["status"] == "ok" for c in scan.cards), views=_views(analysis, scan.cards))
     render("add-defense.html", "add-defense.html", title="Add your defense", sweep=_sweep_facts(scan.cards, defenses, site_dir))
     for attack in attacks:
@@ -240,7 +243,7 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     exported.to_csv(site_dir / "leaderboard.csv", index=False)
     (site_dir / "leaderboard.json").write_text(
         json.dumps(_plain(exported.to_dict(orient="records")), indent=1, ensure_ascii=False), encoding="utf-8")
-    return BuildReport(site_dir, len(scan.cards), len(table), len(figures), pages, scan.rejected)
+    return BuildReport(site_dir, len(scan.cards), len(table), len(figures), pages, scan.rejected + detection_rejected)
 
 
 def _sweep_facts(cards: list[dict], defenses: list[str], site_dir: Path) -> dict[str, Any]:
