@@ -112,3 +112,131 @@ def test_without_detection_cards_the_site_has_no_detection_table(tmp_path):
     write_cards(tmp_path / "results", [synthetic_card()])
     build_site(tmp_path / "results", tmp_path / "site")
     assert "detections-heading" not in (tmp_path / "site" / "index.html").read_text()
+
+
+# --- new defenses and attacks: every name shows, with the defense's stage ---------------------
+
+
+def _with_stage(card: dict, stage: str, seconds: float | None = None) -> dict:
+    card["defense"]["stage"] = stage
+    if seconds is not None:
+        card["costs"]["defense_seconds"] = seconds
+    return card
+
+
+def _new_methods() -> list[dict]:
+    cards = []
+    for seed in (0, 1):
+        cards.append(synthetic_card(attack="none", defense="none", seed=seed, ca_after=(81, 100), asr_after=(1, 100)))
+        for attack in ("badnet", "badclip"):
+            cards.append(_with_stage(synthetic_card(attack=attack, defense="none", seed=seed, ca_after=(80, 100),
+                                                    asr_after=(90, 100)), "none"))
+            cards.append(synthetic_card(attack=attack, defense="cleanclip", seed=seed))
+            cards.append(_with_stage(synthetic_card(attack=attack, defense="par", seed=seed, asr_after=(20, 100)),
+                                     "post-training finetuning"))
+        cards.append(_with_stage(synthetic_card(defense="roclip", seed=seed, asr_after=(30, 100)), "pretraining", 50.0))
+    for card in cards:
+        card["costs"] |= {"data_seconds": 2.0, "poison_seconds": 0.5, "eval_seconds": 1.5, "pretrain_seconds": 40.0}
+        card["artifacts"] |= {"poisoned_model": f"{card['config']['attack']}-{card['config']['seed']}",
+                              "poisoned_model_reused": card["config"]["defense"] != "none",
+                              "defended_model": f"{card['config']['defense']}-{id(card)}",
+                              "defended_model_reused": False}
+    return cards
+
+
+def test_new_defenses_and_attacks_appear_in_the_matrix_and_rankings_with_their_stage(tmp_path):
+    write_cards(tmp_path / "results", _new_methods())
+    build_site(tmp_path / "results", tmp_path / "site")
+    html = (tmp_path / "site" / "index.html").read_text()
+    matrix = html[html.index('class="matrix-table"'):html.index("</table>", html.index('class="matrix-table"'))]
+    for name in ("cleanclip", "par", "roclip", "badclip", "badnet"):
+        assert name in matrix
+    assert 'roclip <span class="tag stage" title="the stage the defense acts in">pretraining</span>' in matrix
+    assert 'par <span class="tag stage" title="the stage the defense acts in">post-training</span>' in matrix
+    ranking = html[html.index('id="defense-ranking"'):html.index("</table>", html.index('id="defense-ranking"'))]
+    assert ranking.count('class="tag stage"') == 3  # cleanclip, par, roclip
+    assert "roclip" in ranking and "not ranked" in ranking  # roclip ran against badnet only
+    attacks = html[html.index('id="attack-ranking"'):html.index("</table>", html.index('id="attack-ranking"'))]
+    assert "badclip" in attacks and "badnet" in attacks
+
+
+def test_the_setting_box_and_card_pages_give_each_stages_cost(tmp_path):
+    from cleanbench.leaderboard.costs import stage_costs
+
+    cards = _new_methods()
+    costs = stage_costs(cards)
+    stages = {s["stage"]: s for s in costs["stages"]}
+    assert stages["pretraining (the undefended model)"]["seconds"] == 40.0
+    # one model per attack (none, badnet, badclip) and seed; every defended card reused its seed's model
+    assert stages["pretraining (the undefended model)"]["over"] == "6 models; 10 of 16 cards reused one"
+    roclip = next(d for d in costs["defenses"] if d["name"] == "roclip")
+    assert roclip["stage"] == "pretraining" and roclip["seconds"] == 50.0
+    assert "a full pretraining on the poisoned pairs (1.2× the undefended pretraining)" == roclip["note"]
+    write_cards(tmp_path / "results", cards)
+    build_site(tmp_path / "results", tmp_path / "site")
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "Cost per stage" in html and "a full pretraining on the poisoned pairs" in html
+    page = next(p for p in (tmp_path / "site" / "cards").glob("*.html")
+                if "roclip" in p.read_text() and "Costs" in p.read_text())
+    text = page.read_text()
+    assert "its cost is a full pretraining on the poisoned pairs" in text and "computed by this run" in text
+
+
+# --- the trade-off view ----------------------------------------------------------------------
+
+
+def _grid_cards(knob_values=(5e-5, 1e-4, 2e-4, 5e-4)) -> list[dict]:
+    cards = []
+    for seed in range(3):
+        cards.append(synthetic_card(attack="none", defense="none", seed=seed, ca_after=(81, 100), asr_after=(1, 100)))
+        for attack in ("badnet", "blended"):
+            cards.append(synthetic_card(attack=attack, defense="none", seed=seed, rate=0.02, ca_after=(80, 100),
+                                        asr_after=(90, 100)))
+            for i, lr in enumerate(knob_values):
+                for defense, step in (("finetune", 1), ("cleanclip", 2)):
+                    card = synthetic_card(attack=attack, defense=defense, seed=seed, rate=0.02, defense_options={"lr": lr},
+                                          ca_after=(80 - i * step, 100), asr_after=(90 - 15 * i * step + seed, 100))
+                    card["defense"]["options"] = {"lr": lr, "epochs": 10}
+                    cards.append(card)
+    return cards
+
+
+def test_strength_grids_become_one_curve_per_defense(tmp_path):
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.tradeoff import strength_curves
+
+    cards = _grid_cards()
+    analysis = analyse(cards)
+    curves = strength_curves(analysis.table, cards)
+    assert sorted((key[1], key[2]) for key in curves) == [("badnet", "2%"), ("blended", "2%")]
+    by_name = {c.defense: c for c in curves[next(k for k in curves if k[1] == "badnet")]}
+    assert set(by_name) == {"cleanclip", "finetune"}
+    cleanclip = by_name["cleanclip"]
+    assert cleanclip.knob == "lr" and cleanclip.values == [5e-5, 1e-4, 2e-4, 5e-4]
+    assert [round(-100 * r["d_ca_mean"], 6) for r in cleanclip.rows] == [0, 2, 4, 6]
+    assert [round(100 * r["asr_mean"], 6) for r in cleanclip.rows] == [91, 61, 31, 1]
+    assert all(r["asr_low"] <= r["asr_mean"] <= r["asr_high"] for r in cleanclip.rows)
+
+    write_cards(tmp_path / "results", cards)
+    report = build_site(tmp_path / "results", tmp_path / "site")
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "Trade-off: ASR against CA drop" in html and html.count('class="kind-tradeoff"') == 2
+    assert len(list((tmp_path / "site" / "plots").glob("tradeoff-*.svg"))) == 2 and report.figures >= 2
+    svg = next((tmp_path / "site" / "plots").glob("tradeoff-*badnet*.svg")).read_text()
+    assert "cleanclip (lr 5e-05–0.0005)" in svg and "undefended" in svg
+
+
+def test_no_trade_off_plot_without_a_grid_or_when_two_options_change(tmp_path):
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.tradeoff import strength_curves
+
+    cards = _grid_cards(knob_values=(1e-4,))
+    assert strength_curves(analyse(cards).table, cards) == {}
+    cards = _grid_cards(knob_values=(1e-4, 2e-4))
+    for card in cards:
+        if card["config"]["defense_options"].get("lr") == 2e-4:
+            card["config"]["defense_options"]["epochs"] = card["defense"]["options"]["epochs"] = 20
+    assert strength_curves(analyse(cards).table, cards) == {}
+    write_cards(tmp_path / "results", cards)
+    build_site(tmp_path / "results", tmp_path / "site")
+    assert "tradeoff-heading" not in (tmp_path / "site" / "index.html").read_text()
