@@ -110,16 +110,20 @@ class CellArtifacts:
         self._store(name.replace("_", " "), lambda: self.cache.save(
             kind, self.keys[name], model, {**meta, "environment": self.environment}))
 
-    def run(self, kind: str, name: str, stage: Callable[[], dict], model: torch.nn.Module) -> tuple[dict, bool]:
+    def run(self, kind: str, name: str, stage: Callable[[], dict], model: torch.nn.Module,
+            produced: Callable[[], torch.nn.Module] | None = None) -> tuple[dict, bool]:
         """Caching as one wrapper around a stage that makes a model: under the artifact's lock, load
         `name`'s weights into `model` and return its stored record, or run `stage` (which trains `model`
-        in place and returns the record to store with it) and store both. Also says whether it was reused."""
+        in place and returns the record to store with it) and store both. Also says whether it was reused.
+
+        `produced` gives the model to store when the stage makes a new module instead (a
+        pretraining-stage defense trains a freshly initialised one)."""
         with self.computing(kind, name):
             meta = self.load_model(kind, name, model)
             if meta is not None:
                 return meta, True
             record = stage()
-            self.save_model(kind, name, model, record)
+            self.save_model(kind, name, produced() if produced is not None else model, record)
             return record, False
 
     def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:

@@ -148,6 +148,7 @@ DEFENSES: Registry = Registry(
         "finetune": "cleanbench.defenses.finetune:Finetune",
         "unimodal": "cleanbench.defenses.unimodal:Unimodal",
         "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
+        "roclip": "cleanbench.defenses.roclip:RoCLIP",
     },
     "cleanbench.defenses.base:Defense",
 )

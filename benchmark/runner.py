@@ -29,15 +29,14 @@ from cleanbench.artifacts import CellArtifacts
 from cleanbench.attacks.base import Attack
 from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, content_key
 from cleanbench.config import RunConfig, budget_label, build_options, validate
-from cleanbench.defenses.base import Defense
+from cleanbench.defenses.base import PRETRAIN_PAIRS, Defense, acts_in_pretraining
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.evaluation import clean_accuracy
 from cleanbench.fileio import StorageError, remove_stale_temporaries
-from cleanbench.models import ModelBundle, build_model, check_model
+from cleanbench.models import ModelBundle, check_model
 from cleanbench.poisoning import poison_budget
 from cleanbench.presets import setting_record
 from cleanbench.registry import ATTACKS, DEFENSES
-from cleanbench.seeding import derive_seed, seed_everything
 from cleanbench.tuning import apply_record
 
 Log = Callable[[str], None]
@@ -108,6 +107,9 @@ class Plan:
             poison_budget(config.data.n_pretrain, config.poison_rate, config.poison_count)
         self.attack_cls: type[Attack] = ATTACKS.get(config.attack)
         self.defense_cls: type[Defense] = DEFENSES.get(config.defense)
+        if acts_in_pretraining(self.defense_cls) and PRETRAIN_PAIRS not in self.defense_cls.needs:
+            raise UsageError(f"defense {config.defense!r} acts during pretraining but does not declare "
+                             f"{PRETRAIN_PAIRS!r} in `needs`; it trains on the poisoned pairs, so add it")
         self.attack_options = build_options(self.attack_cls.Options, config.attack_options, f"attack {config.attack!r} options")
         defaults = config.defense_defaults.get(config.defense, {})
         build_options(self.defense_cls.Options, {**defaults, **config.defense_options}, f"defense {config.defense!r} options")
@@ -261,8 +263,7 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
     card.stage = "pretraining"
     cache = CellArtifacts(c, plan.artifact_keys(), card.environment, log, card.environment_notes.append)
     card.artifacts = cache.record
-    seed_everything(derive_seed(c.seed, "init"))
-    bundle = build_model(c.model.name, c.model.pretrained, str(plan.device), c.model.trust_checkpoint)
+    bundle = stages.initial_model(c.model, c.seed, plan.device)
     stored, reused = cache.run(POISONED_MODELS, "poisoned_model", lambda: {"stats": stages.pretrain(stages.PretrainInput(
         bundle, poisoned.pairs, c.pretrain, c.seed, plan.device, progress)).to_dict(), "config": c.to_dict()}, bundle.model)
     card.pretrain = stored["stats"]
@@ -324,7 +325,8 @@ def _defend(plan: Plan, cache: CellArtifacts, bundle: ModelBundle, cell: stages.
     poisoned model, so its defended model is that model and is not stored again."""
     c = plan.config
     inputs = stages.DefendInput(plan.defense_cls(plan.defense_options), bundle, cell.data.clean, c.seed, plan.device,
-                                c.defense, stages.guarded_data(poisoned, cell.data.test, attack, c.seed), progress)
+                                c.defense, stages.guarded_data(poisoned, cell.data.test, attack, c.seed), progress,
+                                pretrain=c.pretrain, initial=lambda: stages.initial_model(c.model, c.seed, plan.device))
 
     def defend() -> dict:
         result = stages.defend(inputs)
@@ -336,7 +338,7 @@ def _defend(plan: Plan, cache: CellArtifacts, bundle: ModelBundle, cell: stages.
         record = defend()
         cache.record["defended_model_reused"] = cache.record["poisoned_model_reused"]
         return record, record["seconds"]
-    record, reused = cache.run(DEFENDED_MODELS, "defended_model", defend, bundle.model)
+    record, reused = cache.run(DEFENDED_MODELS, "defended_model", defend, bundle.model, produced=lambda: bundle.model)
     if reused:
         log(f"defense: reused cached defended model {cache.keys['defended_model'][:12]}")
     return record, record["seconds"]

@@ -6,9 +6,11 @@ Every path that runs a cell or part of one calls these: the runner (`cleanbench 
 run does. A stage knows nothing of caches or run cards: `artifacts.CellArtifacts.run` wraps a stage
 with the artifact cache, and the runner writes results into the `RunCard`.
 
-A stage that acts during pretraining (a defense that filters the poisoned pairs or changes the
-training objective while the model trains) plugs into `pretrain`: its pairs and its objective are
-inputs, so such a stage hands `pretrain` a filtered `PairSet` or its own objective.
+A defense that acts during pretraining (`Defense.stage == "pretraining"`: it filters the poisoned
+pairs or changes the training objective while the model trains) runs in `defend` too, but on a
+freshly initialised model (`DefendInput.initial`) with the run's pretraining configuration
+(`DefendInput.pretrain`); the poisoned model is then only the reference (and, when declared, an
+input: `context.poisoned_model()`).
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ import torch
 from torch import nn
 
 from cleanbench.attacks.base import Attack
-from cleanbench.config import DataConfig, RunConfig
+from cleanbench.config import DataConfig, ModelConfig, RunConfig
 from cleanbench.data.base import BenchmarkData, ClassificationSet, PairSet, class_index
 from cleanbench.data.loading import check_file_data, load_data
-from cleanbench.defenses.base import Defense, DefenseContext, restricted_data
+from cleanbench.defenses.base import POISONED_MODEL, Defense, DefenseContext, acts_in_pretraining, restricted_data
+from cleanbench.errors import RunError
 from cleanbench.evaluation import evaluate as zero_shot
 from cleanbench.losses import clip_objective
-from cleanbench.models import ModelBundle, input_size
+from cleanbench.models import ModelBundle, build_model, input_size
 from cleanbench.poisoning import PoisonPlan, apply_poison, plan_poison, poison_budget
-from cleanbench.seeding import derive_seed
-from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, train
+from cleanbench.seeding import derive_seed, seed_everything
+from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, pair_batches, train
 
 
 def resolve_file_data(config: RunConfig) -> RunConfig:
@@ -106,6 +109,13 @@ def poison(inputs: PoisonInput) -> Poisoned:
     return Poisoned(pairs, plan, len(p.pairs), time.perf_counter() - start)
 
 
+def initial_model(config: ModelConfig, seed: int, device: torch.device) -> ModelBundle:
+    """The model as pretraining starts from it: built with the run's `init` seed, so the poisoned
+    model and a pretraining-stage defense's model start from the same weights."""
+    seed_everything(derive_seed(seed, "init"))
+    return build_model(config.name, config.pretrained, str(device), config.trust_checkpoint)
+
+
 @dataclass
 class PretrainInput:
     """What the pretrain stage reads. `objective` defaults to the CLIP loss (`losses.clip_objective`)."""
@@ -121,8 +131,7 @@ class PretrainInput:
 
 def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> InMemoryBatches:
     """The pretraining batches: the pairs' images and tokenised captions on `device`."""
-    tokens = bundle.tokenizer(pairs.captions)
-    return InMemoryBatches({"images": pairs.images.to(device), "tokens": tokens.to(device)}, batch_size)
+    return pair_batches(bundle, pairs, device, batch_size)
 
 
 def pretrain(inputs: PretrainInput) -> TrainStats:
@@ -159,7 +168,10 @@ def evaluate(inputs: EvaluateInput) -> dict[str, Any]:
 @dataclass
 class DefendInput:
     """What the defend stage reads: the defense, the poisoned model, the clean pairs, and the guarded
-    run data (`restricted`, see `defenses.base.restricted_data`) that the defense may declare."""
+    run data (`restricted`, see `defenses.base.restricted_data`) that the defense may declare.
+
+    A pretraining-stage defense also needs `pretrain` (the run's pretraining configuration) and
+    `initial` (makes the model freshly initialised, as the poisoned model started)."""
 
     defense: Defense
     bundle: ModelBundle
@@ -169,6 +181,8 @@ class DefendInput:
     name: str
     restricted: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
     progress: bool = False
+    pretrain: TrainConfig | None = None
+    initial: Callable[[], ModelBundle] | None = None
 
 
 @dataclass
@@ -191,18 +205,33 @@ def guarded_data(poisoned: Poisoned, test: ClassificationSet, attack: Attack, se
 
 
 def defense_context(inputs: DefendInput) -> DefenseContext:
-    """The context a defense sees in the defend stage."""
+    """The context a defense sees in the defend stage. A pretraining-stage defense's also holds the
+    pretraining configuration, the pretraining batch-order seed (the poisoned model's: the same
+    objective on the same pairs gives the same model) and the poisoned model as guarded data."""
     d = inputs
-    return DefenseContext(d.clean, d.device, derive_seed(d.seed, "defense"), d.progress,
-                          needs=frozenset(d.defense.needs), defense_name=d.name, restricted=d.restricted)
+    context = DefenseContext(d.clean, d.device, derive_seed(d.seed, "defense"), d.progress,
+                             needs=frozenset(d.defense.needs), defense_name=d.name, restricted=d.restricted)
+    if acts_in_pretraining(d.defense):
+        poisoned = copy.copy(d.bundle)  # the runner's bundle gets the defended model afterwards
+        context.restricted = {**d.restricted, POISONED_MODEL: lambda: poisoned}
+        context.pretrain_config, context.pretrain_seed = d.pretrain, derive_seed(d.seed, "pretrain")
+    return context
 
 
 def defend(inputs: DefendInput, context: DefenseContext | None = None) -> Defended:
-    """The defend stage: apply the defense to a shallow copy of the bundle (the model may change in place).
+    """The defend stage: apply the defense to a shallow copy of the bundle (the model may change in
+    place), or, for a pretraining-stage defense, to a freshly initialised bundle.
 
     `context` defaults to `defense_context(inputs)`; a caller that must see the context even when the
     defense raises (the conformance check reads `context.reads`) makes it first and passes it."""
     context = context or defense_context(inputs)
     start = time.perf_counter()
-    model = inputs.defense.apply(copy.copy(inputs.bundle), context)
+    if acts_in_pretraining(inputs.defense):
+        if inputs.pretrain is None or inputs.initial is None:
+            raise RunError(f"defense {inputs.name!r} acts during pretraining, but the defend stage was given no "
+                           "pretraining configuration or initial model (DefendInput.pretrain and .initial)")
+        bundle = inputs.initial()
+    else:
+        bundle = copy.copy(inputs.bundle)
+    model = inputs.defense.apply(bundle, context)
     return Defended(model, context, time.perf_counter() - start)
