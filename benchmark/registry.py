@@ -136,6 +136,7 @@ ATTACKS: Registry = Registry(
         "label-consistent": "cleanbench.attacks.label_consistent:LabelConsistent",
         "sig": "cleanbench.attacks.sig:SIG",
         "solid-patch": "cleanbench.attacks.solid_patch:SolidPatch",
+        "badclip": "cleanbench.attacks.badclip:BadCLIP",
     },
     "cleanbench.attacks.base:Attack",
 )
