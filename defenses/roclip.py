@@ -70,11 +70,11 @@ class CaptionPool:
     def push(self, embeddings: torch.Tensor) -> None:
         """Replace the oldest entries with `embeddings` (the last `size` of them when there are more)."""
         size = len(self.embeddings)
+        self.pushed += len(embeddings)
         embeddings = embeddings[-size:]
         rows = (self.next + torch.arange(len(embeddings), device=self.embeddings.device)) % size
         self.embeddings[rows] = embeddings.to(self.embeddings.dtype)
         self.next = int(rows[-1] + 1) % size
-        self.pushed += len(embeddings)
 
 
 class RoCLIP(Defense):
