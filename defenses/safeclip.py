@@ -80,8 +80,9 @@ class SafeCLIP(Defense):
         eda = EDA(seed=derive_seed(context.seed, self.name, "eda"), synonyms=synonym_source(options.synonyms))
         schedule = self.schedule(config.epochs)
 
-        def trainer(batches, objective, stage, phase_config):
-            return context.pretrain(bundle.model, batches, objective, stage, config=phase_config, items_per_pair=2)
+        def trainer(batches, objective, stage, phase_config, items_per_pair):
+            return context.pretrain(bundle.model, batches, objective, stage, config=phase_config,
+                                    items_per_pair=items_per_pair)
 
         run = pretrain_safeclip(bundle, pairs, config, schedule, image_view(options.image_view), eda, context.seed,
                                 context.device, trainer)

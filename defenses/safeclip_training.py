@@ -5,11 +5,12 @@ Three phases run with the shared trainer on the (poisoned) pretraining pairs:
 
 1. unimodal warm-up: L_uni = 1/2 [InfoNCE(I2 -> I1) + InfoNCE(T2 -> T1)] on every pair, so the
    images and captions of poisoned pairs are not pulled together;
-2. cross-modal warm-up: the crosswise CLIP loss 1/2 [InfoNCE(I1 -> T2) + InfoNCE(T1 -> I2)] on
-   every pair at a low learning rate;
+2. cross-modal warm-up: the CLIP loss on every pair's original image and caption, at a low
+   learning rate;
 3. mixed epochs: at the start of each, every pair is scored by its image-caption cosine similarity
    (eval mode, original images), `safe_split` splits the pairs into safe and risky, then one pass of
-   L_uni over the risky pairs and one pass of the crosswise CLIP loss over the safe pairs.
+   L_uni over the risky pairs and one pass of the crosswise CLIP loss
+   1/2 [InfoNCE(I1 -> T2) + InfoNCE(T1 -> I2)] over the safe pairs.
 
 All InfoNCE terms share CLIP's learnable temperature (`losses.inmodal_loss`).
 """
@@ -29,7 +30,7 @@ from cleanbench.config import TrainConfig
 from cleanbench.data.base import PairSet
 from cleanbench.defenses.safe_split import next_ratio, safe_by_ratio, safe_by_threshold, safety
 from cleanbench.detectors.base import embed_pairs
-from cleanbench.losses import inmodal_loss
+from cleanbench.losses import clip_loss, inmodal_loss
 from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainStats
 
@@ -63,22 +64,27 @@ def crosswise_clip_loss(image_1: torch.Tensor, image_2: torch.Tensor, text_1: to
 
 
 def view_objective(bundle: ModelBundle, view: ImageView, generator: torch.Generator, phase: str) -> Objective:
-    """The trainer's objective for a batch with `images`, `text_1` and `text_2`: two image views are
-    made with `view`; `phase` is `unimodal`, `clip`, or `mixed` (then a batch's `safe` flag picks
-    the crosswise CLIP loss, its absence or False the unimodal loss)."""
-    if phase not in ("unimodal", "clip", "mixed"):
+    """The trainer's objective for a batch with `images`, `tokens` (the captions), `text_1` and
+    `text_2` (their EDA views). `phase` is `align` (the CLIP loss on the original images and
+    captions), `unimodal` (L_uni on two image views made with `view` and the two caption views) or
+    `mixed` (a batch's `safe` flag picks the crosswise CLIP loss on the views, its absence or False
+    L_uni)."""
+    if phase not in ("unimodal", "align", "mixed"):
         raise ValueError(f"unknown SafeCLIP phase {phase!r}")
 
     def objective(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         images = batch["images"]
+        if phase == "align":
+            image_features = model.encode_image(bundle.model_input(images), normalize=True)
+            text_features = model.encode_text(batch["tokens"], normalize=True)
+            return {"loss": clip_loss(image_features, text_features, model.logit_scale.exp())}
         count = len(images)
         views = torch.cat([view(images, generator), view(images, generator)])
         image_features = model.encode_image(bundle.model_input(views), normalize=True)
         text_features = model.encode_text(torch.cat([batch["text_1"], batch["text_2"]]), normalize=True)
         features = (image_features[:count], image_features[count:], text_features[:count], text_features[count:])
         scale = model.logit_scale.exp()
-        safe = phase == "clip" or (phase == "mixed" and bool(batch.get("safe", False)))
-        if safe:
+        if phase == "mixed" and bool(batch.get("safe", False)):
             return {"loss": crosswise_clip_loss(*features, scale)}
         return {"loss": unimodal_loss(*features, scale)}
 
@@ -161,9 +167,9 @@ class SafeCLIPRun:
     safe_sets: list[np.ndarray]
 
 
-Trainer = Callable[[InMemoryBatches | SplitBatches, Objective, str, TrainConfig], TrainStats]
-"""Trains the model with (batches, objective, stage name, configuration): the defense's
-`context.pretrain`, or `trainer.train` around a model."""
+Trainer = Callable[[InMemoryBatches | SplitBatches, Objective, str, TrainConfig, int], TrainStats]
+"""Trains the model with (batches, objective, stage name, configuration, images encoded per pair):
+the defense's `context.pretrain`, or `trainer.train` around a model."""
 
 
 def pretrain_safeclip(bundle: ModelBundle, pairs: PairSet, config: TrainConfig, schedule: Schedule, view: ImageView,
@@ -173,20 +179,23 @@ def pretrain_safeclip(bundle: ModelBundle, pairs: PairSet, config: TrainConfig, 
     `config` gives the optimisation (batch, learning rate, warm-up, decay) of the unimodal and mixed
     phases; the cross-modal warm-up runs at `schedule.align_lr` without warm-up. Each phase is one
     trainer call (a fresh AdamW with its own warm-up and cosine decay); `seed` seeds the image views."""
-    tokens = {"text_1": bundle.tokenizer(eda.views(pairs.captions)).to(device),
+    tokens = {"tokens": bundle.tokenizer(pairs.captions).to(device),
+              "text_1": bundle.tokenizer(eda.views(pairs.captions)).to(device),
               "text_2": bundle.tokenizer(eda.views(pairs.captions)).to(device)}
     columns = {"images": pairs.images.to(device), **tokens}
     generator = torch_generator(derive_seed(seed, "safeclip", "views"))
     stats: list[TrainStats] = []
 
     def run(batches: InMemoryBatches | SplitBatches, phase: str, phase_config: TrainConfig) -> None:
-        stats.append(trainer(batches, view_objective(bundle, view, generator, phase), f"safeclip:{phase}", phase_config))
+        items_per_pair = 1 if phase == "align" else 2
+        stats.append(trainer(batches, view_objective(bundle, view, generator, phase), f"safeclip:{phase}", phase_config,
+                             items_per_pair))
 
     everything = InMemoryBatches(columns, config.batch_size)
     if schedule.unimodal_epochs:
         run(everything, "unimodal", replace(config, epochs=schedule.unimodal_epochs))
     if schedule.align_epochs:
-        run(everything, "clip", replace(config, epochs=schedule.align_epochs, lr=schedule.align_lr, warmup_steps=0))
+        run(everything, "align", replace(config, epochs=schedule.align_epochs, lr=schedule.align_lr, warmup_steps=0))
     split = SplitBatches(bundle, pairs, columns, config.batch_size, schedule, device)
     run(split, "mixed", replace(config, epochs=schedule.mixed_epochs))
     return SafeCLIPRun(stats, split.splits, split.safe_sets)

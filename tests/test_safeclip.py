@@ -21,6 +21,7 @@ from cleanbench.defenses.safeclip_training import (
     unimodal_loss,
     view_objective,
 )
+from cleanbench.losses import clip_loss
 from cleanbench.models import build_model
 from cleanbench.trainer import train
 
@@ -59,7 +60,8 @@ def tiny_pairs():
 
 
 def _batch(bundle, pairs, rows=slice(0, 16), safe=None):
-    batch = {"images": pairs.images[rows], "text_1": bundle.tokenizer(pairs.captions[rows]),
+    batch = {"images": pairs.images[rows], "tokens": bundle.tokenizer(pairs.captions[rows]),
+             "text_1": bundle.tokenizer([c.upper() for c in pairs.captions[rows]]),
              "text_2": bundle.tokenizer(list(reversed(pairs.captions[rows])))}
     return batch if safe is None else {**batch, "safe": torch.tensor(safe)}
 
@@ -68,19 +70,29 @@ def _identity_view(images, generator):
     return images
 
 
-def test_mixed_objective_takes_the_clip_loss_on_safe_batches_only(tiny_pairs):
+def test_each_phase_takes_its_loss(tiny_pairs):
     bundle, pairs = tiny_pairs
-    bundle.model.eval()
+    model = bundle.model.eval()
+    batch = _batch(bundle, pairs)
 
     def loss(phase, **flag):
         objective = view_objective(bundle, _identity_view, torch.Generator(), phase)
         with torch.no_grad():
-            return float(objective(bundle.model, _batch(bundle, pairs, **flag))["loss"])
+            return float(objective(model, _batch(bundle, pairs, **flag))["loss"])
 
-    assert loss("mixed", safe=True) == pytest.approx(loss("clip"))
-    assert loss("mixed", safe=False) == pytest.approx(loss("unimodal"))
-    assert loss("mixed") == pytest.approx(loss("unimodal"))
-    assert loss("clip") != pytest.approx(loss("unimodal"))
+    with torch.no_grad():
+        image = model.encode_image(bundle.model_input(batch["images"]), normalize=True)
+        text, text_1, text_2 = (model.encode_text(batch[k], normalize=True) for k in ("tokens", "text_1", "text_2"))
+        scale = model.logit_scale.exp()
+        crosswise = float(crosswise_clip_loss(image, image, text_1, text_2, scale))
+        uni = float(unimodal_loss(image, image, text_1, text_2, scale))
+        clip = float(clip_loss(image, text, scale))
+    assert loss("mixed", safe=True) == pytest.approx(crosswise, rel=1e-5)
+    assert loss("mixed", safe=False) == pytest.approx(uni, rel=1e-5)
+    assert loss("mixed") == pytest.approx(uni, rel=1e-5)
+    assert loss("unimodal") == pytest.approx(uni, rel=1e-5)
+    assert loss("align") == pytest.approx(clip, rel=1e-5)
+    assert len({round(v, 4) for v in (crosswise, uni, clip)}) == 3
     with pytest.raises(ValueError, match="unknown SafeCLIP phase"):
         view_objective(bundle, _identity_view, torch.Generator(), "crossmodal")
 
@@ -118,15 +130,16 @@ def test_pretraining_runs_the_three_phases_and_is_seeded(tiny_pairs):
     def run():
         copy_ = copy.copy(bundle)
         copy_.model = copy.deepcopy(bundle.model)
-        def trainer(batches, objective, stage, phase_config):
-            return train(copy_.model, batches, objective, phase_config, seed=3, stage=stage, items_per_pair=2)
+        def trainer(batches, objective, stage, phase_config, items_per_pair):
+            return train(copy_.model, batches, objective, phase_config, seed=3, stage=stage,
+                         items_per_pair=items_per_pair)
 
         result = pretrain_safeclip(copy_, pairs, config, SCHEDULE, _identity_view, EDA(seed=0), 3,
                                    torch.device("cpu"), trainer)
         return copy_.model, result
 
     model, result = run()
-    assert [s.stage for s in result.stats] == ["safeclip:unimodal", "safeclip:clip", "safeclip:mixed"]
+    assert [s.stage for s in result.stats] == ["safeclip:unimodal", "safeclip:align", "safeclip:mixed"]
     assert [s.steps for s in result.stats[:2]] == [8, 8]
     assert result.stats[2].steps <= 16 and len(result.stats[2].epoch_losses) == 2
     assert len(result.splits) == 2 and len(result.safe_sets) == 2
