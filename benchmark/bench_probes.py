@@ -35,7 +35,7 @@ from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.runner import resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
 from cleanbench.synonyms import embedded_table
-from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig, decay_groups, train
+from cleanbench.trainer import Batch, Batches, TrainConfig, decay_groups, train
 from cleanbench.trigger_bench import REFERENCE_OPTIONS, SIDE, reference_triggers
 
 POOL = 256
@@ -195,7 +195,7 @@ class CellProbes:
         self.parts(name, batches, stage_config, view, lambda *features: cleanclip_loss(*features, *weights)["loss"],
                    per_pair)
 
-    def parts(self, stage: str, batches: InMemoryBatches, stage_config: TrainConfig, view: ImageView | None,
+    def parts(self, stage: str, batches: Batches, stage_config: TrainConfig, view: ImageView | None,
               loss_fn: Callable[..., torch.Tensor], per_pair: int) -> None:
         """Probes of each part of a training step of `stage`, timed on their own over `steps` steps:
         `loss_fn(images, texts, image_views, text_views, scale)` is the stage's loss."""
@@ -251,7 +251,7 @@ class CellProbes:
     def evaluation(self) -> None:
         bundle, device, test = self.bundle, self.device, self.test
         keep = test.labels != self.target
-        everything = torch.cat([test.images, test.images[keep]])
+        everything = torch.cat([test.images[:], test.images[keep]])
         chunks = [bundle.model_input(everything[i : i + IMAGE_BATCH].to(device))
                   for i in range(0, len(everything), IMAGE_BATCH)]
         model = bundle.model

@@ -32,7 +32,7 @@ from cleanbench.losses import clip_objective
 from cleanbench.models import ModelBundle, input_size
 from cleanbench.poisoning import PoisonPlan, apply_poison, plan_poison, poison_budget
 from cleanbench.seeding import derive_seed
-from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, train
+from cleanbench.trainer import Batches, Objective, TrainConfig, TrainStats, train
 
 
 def resolve_file_data(config: RunConfig) -> RunConfig:
@@ -119,10 +119,10 @@ class PretrainInput:
     objective: Objective | None = None
 
 
-def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> InMemoryBatches:
+def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> Batches:
     """The pretraining batches: the pairs' images and tokenised captions on `device`."""
     tokens = bundle.tokenizer(pairs.captions)
-    return InMemoryBatches({"images": pairs.images.to(device), "tokens": tokens.to(device)}, batch_size)
+    return Batches({"images": pairs.images.to(device), "tokens": tokens.to(device)}, batch_size)
 
 
 def pretrain(inputs: PretrainInput) -> TrainStats:
