@@ -252,3 +252,20 @@ def test_the_storage_check_finds_a_branch(tmp_path):
                     "def g(c):\n    return isinstance(c, LazyColumn)\n"
                     "def h(x):\n    return isinstance(x, torch.Tensor)\n")
     assert len(_storage_branches(path, "probe.py")) == 2
+
+
+def test_file_data_takes_the_noise_mode_and_the_perturbation(data, on_files):
+    """WaNet's noise mode and label-consistent's perturbed poisons on file data: the column applies them."""
+    pretrain, _ = on_files
+    wanet, consistent = ATTACKS.get("wanet"), ATTACKS.get("label-consistent")
+    attack = wanet(wanet.Options(), 32, 0)
+    plan = plan_poison(pretrain, attack, 3, "star", 6, TEMPLATES, 0)
+    assert plan.noise_indices
+    poisoned = apply_poison(pretrain, plan, attack, 0)
+    changed = (poisoned.images[:] != pretrain.images[:]).flatten(1).any(dim=1)
+    assert set(torch.nonzero(changed).flatten().tolist()) == set(plan.indices) | set(plan.noise_indices)
+    attack = consistent(consistent.Options(), 32, 0)
+    plan = plan_poison(data.pretrain, attack, 3, "star", 4, TEMPLATES, 0)
+    memory = apply_poison(data.pretrain, plan, attack, 0)
+    files = apply_poison(pretrain, plan, attack, 0)
+    assert torch.equal(memory.images[:], files.images[:])
