@@ -110,17 +110,35 @@ class CellArtifacts:
         self._store(name.replace("_", " "), lambda: self.cache.save(
             kind, self.keys[name], model, {**meta, "environment": self.environment}))
 
-    def run(self, kind: str, name: str, stage: Callable[[], dict], model: torch.nn.Module) -> tuple[dict, bool]:
+    def run(self, kind: str, name: str, stage: Callable[[], dict], model: torch.nn.Module,
+            produced: Callable[[], torch.nn.Module] | None = None) -> tuple[dict, bool]:
         """Caching as one wrapper around a stage that makes a model: under the artifact's lock, load
         `name`'s weights into `model` and return its stored record, or run `stage` (which trains `model`
-        in place and returns the record to store with it) and store both. Also says whether it was reused."""
+        in place and returns the record to store with it) and store both. Also says whether it was reused.
+
+        `produced` gives the model to store when the stage makes a new module instead (a
+        pretraining-stage defense trains a freshly initialised one)."""
         with self.computing(kind, name):
             meta = self.load_model(kind, name, model)
             if meta is not None:
                 return meta, True
             record = stage()
-            self.save_model(kind, name, model, record)
+            self.save_model(kind, name, produced() if produced is not None else model, record)
             return record, False
+
+    def tensors(self, kind: str, name: str, compute: Callable[[], tuple[dict[str, torch.Tensor], dict]]
+                ) -> tuple[dict[str, torch.Tensor], dict, bool]:
+        """Under the artifact's lock, the stored tensors and record of `name`, or `compute()`'s stored;
+        also says whether they were reused."""
+        with self.computing(kind, name):
+            found = self.cache.load_tensors(kind, self.keys[name]) if self.cache is not None else None
+            if distributed.agree(found is not None) and found is not None:
+                self.record[f"{name}_reused"] = True
+                tensors, meta = found
+                return tensors, {k: v for k, v in meta.items() if k != "sha256"}, True
+            tensors, meta = compute()
+            self._store(name.replace("_", " "), lambda: self.cache.save_tensors(kind, self.keys[name], tensors, meta))
+            return tensors, meta, False
 
     def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
         """A cached evaluation, or `compute()` stored under its key."""

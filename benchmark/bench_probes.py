@@ -42,13 +42,12 @@ POOL = 256
 """Distinct images drawn per split; larger sets repeat them (content does not change speed)."""
 
 def _tile_pairs(pairs: PairSet, count: int) -> PairSet:
-    index = torch.arange(count) % len(pairs)
-    return PairSet(pairs.images[index], [pairs.captions[i] for i in index.tolist()], pairs.labels[index], pairs.classnames)
+    return pairs.select(torch.arange(count) % len(pairs))
 
 
 def _tile_test(test: ClassificationSet, count: int) -> ClassificationSet:
     index = torch.arange(count) % len(test)
-    return replace(test, images=test.images[index], labels=test.labels[index])
+    return replace(test, images=test.images.select(index), labels=test.labels[index])
 
 
 def _bare_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, device: torch.device) -> None:

@@ -18,6 +18,11 @@ Checks, in order; the first failure stops the check and is the one reported:
    held in memory: the same `ImageColumn` interface), still apply and give the same architecture;
    a defense that only uses the `PairSet` and `ImageColumn` interfaces passes on both paths.
 Then it reports the cost: seconds per apply, training steps and throughput.
+
+A pretraining-stage defense (`stage = "pretraining"`) must also declare `pretrain_pairs` (`loads`);
+it is given a freshly initialised tiny model and a two-epoch tiny pretraining configuration, and
+`pretrains` checks that it read the poisoned pairs and returned a trained model (neither the
+poisoned model nor the initial weights). Its `files` check reads the poisoned pairs from files.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from cleanbench.registry import DEFENSES
 
 TINY_DATA = dict(n_pretrain=256, n_clean=128, n_test=100, image_size=32, preset="easy")
 TINY_POISON_RATE = 0.05
+TINY_PRETRAIN = dict(epochs=2, batch_size=64, warmup_steps=1)
+"""A pretraining-stage defense's tiny pretraining (two epochs: a schedule that alternates epochs runs both)."""
 
 
 class ConformanceFailure(RunError):
@@ -86,10 +93,8 @@ class _Setup:
 def _tiny_setup(seed: int, device: Any) -> _Setup:
     """The run's own stages on the tiny configuration: data, badnet poison, one epoch of pretraining."""
     from cleanbench import stages
-    from cleanbench.config import DataConfig
-    from cleanbench.models import build_model
+    from cleanbench.config import DataConfig, ModelConfig
     from cleanbench.registry import ATTACKS
-    from cleanbench.seeding import derive_seed, seed_everything
     from cleanbench.trainer import TrainConfig
 
     cell = stages.load(DataConfig(**TINY_DATA), seed, "star")
@@ -97,34 +102,43 @@ def _tiny_setup(seed: int, device: Any) -> _Setup:
     attack = attack_cls(attack_cls.Options(), TINY_DATA["image_size"], seed)
     poisoned = stages.poison(stages.PoisonInput(cell.data.pretrain, attack, cell.target_index, cell.target_name,
                                                 cell.data.test.templates, seed, TINY_POISON_RATE))
-    seed_everything(derive_seed(seed, "init"))
-    bundle = build_model(device=str(device))
+    bundle = stages.initial_model(ModelConfig(), seed, device)
     stages.pretrain(stages.PretrainInput(bundle, poisoned.pairs, TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
                                          seed, device))
     return _Setup(cell.data, bundle, attack, cell.target_index, poisoned)
 
 
 def _check_files(name: str, cls: type, options: Any, setup: _Setup, seed: int, device: Any, state: dict) -> str:
-    """The `files` check: apply on the clean pairs read from image files; its detail line."""
+    """The `files` check: apply on the clean pairs (a pretraining-stage defense: the poisoned pairs)
+    read from image files; its detail line."""
     import torch
 
+    from cleanbench.defenses.base import acts_in_pretraining
+
+    pretraining = acts_in_pretraining(cls)
+    which, accessor = ("poisoned", "context.pretrain_pairs()") if pretraining else ("clean", "context.clean")
     with tempfile.TemporaryDirectory(prefix="cleanbench-check-plugin-") as folder:
-        files = dataclasses.replace(setup, data=dataclasses.replace(setup.data, clean=_clean_from_files(setup, folder)))
+        if pretraining:
+            pairs = _pairs_from_files(setup.poisoned_pairs, folder)
+            files = dataclasses.replace(setup, poisoned=dataclasses.replace(setup.poisoned, pairs=pairs))
+        else:
+            files = dataclasses.replace(setup, data=dataclasses.replace(setup.data, clean=_pairs_from_files(
+                setup.data.clean, folder)))
         _, model, _, _, _, error = _apply_once(cls, options, files, seed, device, scramble=3)
     if error is not None:
-        raise ConformanceFailure(name, "files", f"on clean pairs read from image files (the CSV path), apply raised "
-                                 f"{type(error).__name__}: {error}; use only the PairSet interface of context.clean")
+        raise ConformanceFailure(name, "files", f"on {which} pairs read from image files (the CSV path), apply raised "
+                                 f"{type(error).__name__}: {error}; use only the PairSet interface of {accessor}")
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     if not isinstance(model, torch.nn.Module) or {k: tuple(v.shape) for k, v in model.state_dict().items()} != shapes:
-        raise ConformanceFailure(name, "files", "on clean pairs read from image files it did not return the model's "
+        raise ConformanceFailure(name, "files", f"on {which} pairs read from image files it did not return the model's "
                                  "architecture")
     same = all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    return ("the same clean pairs read from PNG files through a CSV: applies, same architecture"
+    return (f"the same {which} pairs read from PNG files through a CSV: applies, same architecture"
             + (", identical weights" if same else ""))
 
 
-def _clean_from_files(setup: _Setup, folder: str) -> Any:
-    """The clean pairs written as PNG files with a CSV and read back as a run on file data reads them
+def _pairs_from_files(pairs: Any, folder: str) -> Any:
+    """`pairs` written as PNG files with a CSV and read back as a run on file data reads them
     (lazily, at the model's resolution); same images, captions and labels."""
     import csv
 
@@ -133,15 +147,14 @@ def _clean_from_files(setup: _Setup, folder: str) -> Any:
     from cleanbench.data.base import PairSet
     from cleanbench.data.pairs import load_pairs
 
-    clean = setup.data.clean
-    with open(f"{folder}/clean.csv", "w", newline="") as handle:
+    with open(f"{folder}/pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "caption"])
-        for i, (image, caption) in enumerate(zip(clean.images, clean.captions)):
+        for i, (image, caption) in enumerate(zip(pairs.images, pairs.captions)):
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(f"{folder}/{i}.png")
             writer.writerow([f"{i}.png", caption])
-    read = load_pairs(f"{folder}/clean.csv", TINY_DATA["image_size"])
-    return PairSet(read.images, read.captions, clean.labels.clone(), clean.classnames)
+    read = load_pairs(f"{folder}/pairs.csv", TINY_DATA["image_size"])
+    return PairSet(read.images, read.captions, pairs.labels.clone(), pairs.classnames)
 
 
 def _scramble_global_generators(value: int) -> None:
@@ -156,7 +169,7 @@ def _scramble_global_generators(value: int) -> None:
 
 def _load(name: str, overrides: dict[str, Any]) -> tuple[type, Any, str]:
     from cleanbench.config import build_options
-    from cleanbench.defenses.base import KNOWN_NEEDS, Defense
+    from cleanbench.defenses.base import KNOWN_NEEDS, PRETRAIN_PAIRS, Defense, acts_in_pretraining
 
     try:
         cls = DEFENSES.get(name)
@@ -174,6 +187,9 @@ def _load(name: str, overrides: dict[str, Any]) -> tuple[type, Any, str]:
         raise ConformanceFailure(
             name, "loads", f"`needs` must be a frozenset drawn from {', '.join(sorted(KNOWN_NEEDS))}; got {needs!r}"
         )
+    if acts_in_pretraining(cls) and PRETRAIN_PAIRS not in needs:
+        raise ConformanceFailure(name, "loads", f"it acts during pretraining, so `needs` must include {PRETRAIN_PAIRS!r} "
+                                 "(it trains on the poisoned pairs)")
     try:
         options = build_options(cls.Options, overrides, f"defense {name!r} options")
     except Exception as error:
@@ -182,8 +198,32 @@ def _load(name: str, overrides: dict[str, Any]) -> tuple[type, Any, str]:
     return cls, options, entry.source if entry else "plugin"
 
 
+def _check_pretrains(name: str, model: Any, poisoned: Any, context: Any, seed: int, device: Any) -> str:
+    """The `pretrains` check of a pretraining-stage defense: it read the poisoned pairs and returned a
+    model trained from the initial weights (not the poisoned model, not the untouched initial model)."""
+    import torch
+
+    from cleanbench import stages
+    from cleanbench.config import ModelConfig
+    from cleanbench.defenses.base import PRETRAIN_PAIRS
+
+    if PRETRAIN_PAIRS not in context.reads:
+        raise ConformanceFailure(name, "pretrains", "it never read the poisoned pairs (context.pretrain_pairs()); "
+                                 "a pretraining-stage defense trains the model on them")
+    if model is poisoned:
+        raise ConformanceFailure(name, "pretrains", "it returned the poisoned model; train the freshly initialised "
+                                 "model it is given instead")
+    initial = stages.initial_model(ModelConfig(), seed, device).model.state_dict()
+    if all(torch.equal(v, initial[k]) for k, v in model.state_dict().items()):
+        raise ConformanceFailure(name, "pretrains", "the returned model still has its initial weights; train it")
+    steps = sum(s.steps for s in context.stats)
+    return f"read the poisoned pairs, trained from the initial weights ({steps} steps recorded)"
+
+
 def _apply_once(cls: type, options: Any, setup: _Setup, seed: int, device: Any, scramble: int):
     from cleanbench import stages
+    from cleanbench.config import ModelConfig
+    from cleanbench.trainer import TrainConfig
 
     recorded: list[str] = []
 
@@ -197,7 +237,9 @@ def _apply_once(cls: type, options: Any, setup: _Setup, seed: int, device: Any, 
     providers = stages.guarded_data(setup.poisoned, setup.data.test, setup.attack, seed)
     bundle = dataclasses.replace(setup.bundle, model=copy.deepcopy(setup.bundle.model))
     inputs = stages.DefendInput(cls(options), bundle, setup.data.clean, seed, device, cls.name,
-                                {k: recording(k, v) for k, v in providers.items()})
+                                {k: recording(k, v) for k, v in providers.items()},
+                                pretrain=TrainConfig(**TINY_PRETRAIN),
+                                initial=lambda: stages.initial_model(ModelConfig(), seed, device))
     context = stages.defense_context(inputs)
     _scramble_global_generators(scramble)
     start = time.perf_counter()
@@ -217,6 +259,7 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
     import torch
 
     from cleanbench import stages
+    from cleanbench.defenses.base import acts_in_pretraining
 
     device = torch.device("cpu")
     report = Report(name)
@@ -239,6 +282,8 @@ def check_defense(name: str, overrides: dict[str, Any] | None = None, seed: int 
     if not isinstance(model, torch.nn.Module):
         raise ConformanceFailure(name, "applies", f"apply must return an nn.Module, not {type(model).__name__}")
     passed("applies", f"returned a {type(model).__name__} in {seconds:.1f} s")
+    if acts_in_pretraining(cls):
+        passed("pretrains", _check_pretrains(name, model, bundle.model, context, seed, device))
 
     expected = type(setup.bundle.model)
     if type(model) is not expected:

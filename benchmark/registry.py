@@ -136,6 +136,7 @@ ATTACKS: Registry = Registry(
         "label-consistent": "cleanbench.attacks.label_consistent:LabelConsistent",
         "sig": "cleanbench.attacks.sig:SIG",
         "solid-patch": "cleanbench.attacks.solid_patch:SolidPatch",
+        "badclip": "cleanbench.attacks.badclip:BadCLIP",
     },
     "cleanbench.attacks.base:Attack",
 )
@@ -148,6 +149,7 @@ DEFENSES: Registry = Registry(
         "finetune": "cleanbench.defenses.finetune:Finetune",
         "unimodal": "cleanbench.defenses.unimodal:Unimodal",
         "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
+        "roclip": "cleanbench.defenses.roclip:RoCLIP",
     },
     "cleanbench.defenses.base:Defense",
 )

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +24,10 @@ from cleanbench.config import TrainConfig
 from cleanbench.data.batches import Batch, Batches
 from cleanbench.errors import NonFiniteLossError
 from cleanbench.seeding import derive_seed, torch_generator
+
+if TYPE_CHECKING:
+    from cleanbench.data.base import PairSet
+    from cleanbench.models import ModelBundle
 
 Objective = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
 
@@ -45,6 +50,14 @@ class TrainStats:
 InMemoryBatches = Batches
 """The trainer's batches under the name plugins import: `cleanbench.data.batches.Batches`, built from
 tensors and image columns alike."""
+
+
+def pair_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int,
+                 captions: Sequence[str] | None = None, **columns: torch.Tensor) -> Batches:
+    """Training batches of `pairs`: their images (on `device`), their tokenised captions (or
+    `captions`, one per pair, e.g. augmented ones), and any extra per-pair `columns`."""
+    tokens = bundle.tokenizer(pairs.captions if captions is None else list(captions))
+    return Batches({"images": pairs.images.to(device), "tokens": tokens.to(device), **columns}, batch_size)
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -83,8 +96,12 @@ def train(
     device: torch.device | str = "cpu",
     progress: bool = True,
     items_per_pair: int = 1,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> TrainStats:
-    """Train `model` in place with `objective` over `batches` for `config.epochs` epochs."""
+    """Train `model` in place with `objective` over `batches` for `config.epochs` epochs.
+
+    `on_epoch(epoch)` (0-based) runs before each epoch: a pretraining-stage defense changes its
+    objective's schedule there (e.g. which epochs match captions, which pairs count as safe)."""
     device = torch.device(device)
     model.train()
     optimizer = torch.optim.AdamW(
@@ -100,7 +117,9 @@ def train(
     start = time.perf_counter()
     bar = tqdm(total=total, desc=stage, disable=not progress or not distributed.is_main(), leave=False, unit="step")
     with distributed.sharded(model, device) as view:
-        for _ in range(config.epochs):
+        for epoch in range(config.epochs):
+            if on_epoch is not None:
+                on_epoch(epoch)
             running, seen = 0.0, 0
             for batch in batches.epoch(order):
                 for group in optimizer.param_groups:

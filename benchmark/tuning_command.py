@@ -46,13 +46,16 @@ def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir
     base = from_dict(RunConfig, merge(values, {"results_dir": results_dir}), "config")
     if budget < 0:
         raise UsageError(f"--budget {budget}: a CA drop budget must be >= 0 points")
-    names = list(defenses) or [e.name for e in DEFENSES.entries() if not e.error and getattr(e.target, "strength", None)]
+    from cleanbench.defenses.base import acts_in_pretraining
+
+    names = list(defenses) or [e.name for e in DEFENSES.entries() if not e.error and getattr(e.target, "strength", None)
+                               and not acts_in_pretraining(e.target)]
+    for name in names:  # every name checked before any cell runs
+        _check_tunable(name)
     seeds = list(seeds) or [0]
     entries = {}
     for name in names:
         strength = DEFENSES.get(name).strength
-        if strength is None:
-            raise UsageError(f"defense {name!r} declares no strength knob (class attribute `strength`); it cannot be tuned")
         values_grid = _grid(grid, strength.grid)
         groups = []
         for i, config in enumerate(tuning_runs(base, name, strength.knob, values_grid, seeds)):
@@ -68,3 +71,16 @@ def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir
     setting = getattr(base, "setting", None) or preset or (Path(config_file).stem if config_file else "default")
     path = write_record(output or Path(results_dir) / f"{setting}.json", record(setting, seeds, budget, entries))
     click.echo(f"tuning record: {path}")
+
+
+def _check_tunable(name: str) -> None:
+    """UsageError unless defense `name` can be tuned: a post-training defense with a strength knob."""
+    from cleanbench.defenses.base import acts_in_pretraining
+
+    cls = DEFENSES.get(name)
+    if acts_in_pretraining(cls):
+        raise UsageError(f"defense {name!r} acts during pretraining: the tuning protocol picks a post-training "
+                         "defense's strength on the clean-model control and does not apply to it (each grid value "
+                         f"would be a full pretraining); set its options with --defense-opt (docs/defenses.md)")
+    if cls.strength is None:
+        raise UsageError(f"defense {name!r} declares no strength knob (class attribute `strength`); it cannot be tuned")

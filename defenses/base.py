@@ -7,9 +7,21 @@ share one trainer (`DefenseContext.finetune`) and differ only in objective and v
 Every defense may read the clean finetuning pairs (`context.clean`). What a real defender would not
 have is reachable only through accessors that check the defense's `needs` and record each read:
 `context.pretrain_pairs()` (the poisoned training pairs as the model saw them; for data-filtering
-defenses), `context.poison_indices()` (which of them are poisoned: an oracle) and
-`context.poisoned_test()` (the test images with the trigger: an oracle). Reading one that is not
-declared raises `UndeclaredAccessError`; `cleanbench check-plugin` checks this too.
+defenses), `context.poison_indices()` (which of them are poisoned: an oracle),
+`context.poisoned_test()` (the test images with the trigger: an oracle) and
+`context.poisoned_model()` (the model plain CLIP pretraining made of the poisoned pairs). Reading one
+that is not declared raises `UndeclaredAccessError`; `cleanbench check-plugin` checks this too.
+
+Two stages (`Defense.stage`):
+- post-training (the default, e.g. `post-training finetuning`): `apply` gets the poisoned model and
+  returns the defended model.
+- `pretraining` (`PRETRAINING`): the defense replaces the pretraining. `apply` gets the bundle freshly
+  initialised (the same initial weights as the poisoned model) and a context whose
+  `pretrain_config` is the run's pretraining configuration; it must declare `pretrain_pairs`, read
+  the poisoned pairs with `context.pretrain_pairs()` and train the model, usually with
+  `context.pretrain` (the shared trainer with its own batches, objective and per-epoch callback).
+  The runner caches the result under its own key and evaluates it as the defended model; the plain
+  poisoned model of the same cell stays the reference.
 """
 
 from __future__ import annotations
@@ -36,8 +48,17 @@ CLEAN_PAIRS = "clean_pairs"
 PRETRAIN_PAIRS = "pretrain_pairs"
 POISON_INDICES = "poison_indices"
 POISONED_TEST = "poisoned_test"
-KNOWN_NEEDS = frozenset({CLEAN_PAIRS, PRETRAIN_PAIRS, POISON_INDICES, POISONED_TEST})
+POISONED_MODEL = "poisoned_model"
+KNOWN_NEEDS = frozenset({CLEAN_PAIRS, PRETRAIN_PAIRS, POISON_INDICES, POISONED_TEST, POISONED_MODEL})
 """What a defense can declare in `needs`; all but `clean_pairs` are guarded by accessors."""
+
+PRETRAINING = "pretraining"
+"""The stage of a defense that replaces the pretraining (see the module's docstring)."""
+
+
+def acts_in_pretraining(defense: type | object) -> bool:
+    """Whether a defense (class or instance) declares the pretraining stage."""
+    return getattr(defense, "stage", None) == PRETRAINING
 
 
 class UndeclaredAccessError(RunError):
@@ -68,7 +89,8 @@ class PoisonedTest:
 @dataclass
 class DefenseContext:
     """What a defense may use: the clean finetuning pairs, the device, the seed, the trainer, and the
-    guarded run data that it declared in `needs`."""
+    guarded run data that it declared in `needs`. A pretraining-stage defense also gets the run's
+    pretraining configuration (`pretrain_config`) and the seed of its batch order (`pretrain_seed`)."""
 
     clean: PairSet
     device: torch.device
@@ -80,6 +102,8 @@ class DefenseContext:
     stats: list[TrainStats] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     reads: list[str] = field(default_factory=list)
+    pretrain_config: TrainConfig | None = None
+    pretrain_seed: int | None = None
 
     def _read(self, name: str) -> Any:
         if name not in self.reads:
@@ -102,6 +126,33 @@ class DefenseContext:
     def poisoned_test(self) -> PoisonedTest:
         """The triggered non-target test images (ground truth of the attack); needs `poisoned_test`."""
         return self._read(POISONED_TEST)
+
+    def poisoned_model(self) -> ModelBundle:
+        """The model plain CLIP pretraining made of the poisoned pairs (for a pretraining-stage defense
+        that audits the data with it); needs `poisoned_model`. Do not change it in place."""
+        return self._read(POISONED_MODEL)
+
+    def pretrain(
+        self,
+        model: nn.Module,
+        batches: Batches,
+        objective: Objective,
+        stage: str,
+        config: TrainConfig | None = None,
+        on_epoch: Callable[[int], None] | None = None,
+        items_per_pair: int = 1,
+    ) -> TrainStats:
+        """Pretrain `model` with the shared trainer: the run's pretraining configuration (or `config`),
+        the run's pretraining batch-order seed, `objective` over `batches`, and `on_epoch(epoch)` called
+        before each epoch (0-based). Keeps the statistics for the run card."""
+        config = config or self.pretrain_config
+        if config is None or self.pretrain_seed is None:
+            raise RunError(f"defense {self.defense_name!r} called context.pretrain outside the pretraining stage; "
+                           f"declare stage = {PRETRAINING!r} on the class")
+        stats = train(model, batches, objective, config, seed=self.pretrain_seed, stage=stage, device=self.device,
+                      progress=self.progress, items_per_pair=items_per_pair, on_epoch=on_epoch)
+        self.stats.append(stats)
+        return stats
 
     def finetune(
         self,
@@ -148,7 +199,12 @@ class Defense(ABC):
     `TrainingOptions`, whose `train_config()` gives `context.finetune` its configuration); `version`
     is part of the cache key of results, so bump it when the defense's behaviour changes. `strength`
     (optional) names the option that sets how hard the defense pushes and the grid that
-    `cleanbench tune` tries on the clean-model control (docs/setting.md).
+    `cleanbench tune` tries on the clean-model control (docs/setting.md); a pretraining-stage
+    defense has none (`tune` refuses it: each grid value would cost a full pretraining).
+
+    `stage = "pretraining"` (`PRETRAINING`) makes `apply` train a freshly initialised model on the
+    poisoned pairs instead of changing the poisoned model; such a defense must declare
+    `pretrain_pairs` in `needs` (see the module's docstring).
     """
 
     name: ClassVar[str]
