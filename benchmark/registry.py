@@ -149,6 +149,7 @@ DEFENSES: Registry = Registry(
         "unimodal": "cleanbench.defenses.unimodal:Unimodal",
         "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
         "roclip": "cleanbench.defenses.roclip:RoCLIP",
+        "detect-retrain": "cleanbench.detect_retrain:DetectRetrain",
     },
     "cleanbench.defenses.base:Defense",
 )
