@@ -13,6 +13,12 @@ calls `apply_uint8`, which by default is `quantize(apply(images / 255, params))`
 override `apply_uint8` with a cheaper path that gives the same bytes (a patch attack rounds only its
 patch; the rest of the image is unchanged); an attack whose `apply` treats every image on its own
 sets `per_image`, and the default then runs on cache-sized chunks of the batch on the CPU.
+
+An attack whose trigger is optimised on a model sets `needs_surrogate`: before the poison stage the
+runner hands `fit` a frozen clean `Surrogate` (the setting's clean-control model, or the
+`--pretrained` weights the victim starts from) and the clean pretraining pairs; `fit` optimises the
+trigger from the run's seed and returns it as a `FittedTrigger`, which the runner caches like a
+model and gives back through `restore` when it is reused.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import functools
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +37,29 @@ from cleanbench.options import NoOptions
 from cleanbench.seeding import derive_seed, torch_generator
 
 REFERENCE_IMAGE_SIZE = 224
+
+
+@dataclass
+class Surrogate:
+    """A frozen clean CLIP that an attack may optimise its trigger on.
+
+    `encode_images` maps float images in [0, 1] of shape (B, 3, H, W) at the attack's image size to
+    L2-normalised embeddings and is differentiable in its input; `encode_texts` maps captions to
+    L2-normalised embeddings; `logit_scale` is the model's exponentiated logit scale."""
+
+    encode_images: Callable[[torch.Tensor], torch.Tensor]
+    encode_texts: Callable[[Sequence[str]], torch.Tensor]
+    logit_scale: float
+    device: torch.device
+
+
+@dataclass
+class FittedTrigger:
+    """An optimised trigger: its tensors, and a JSON record (what the run card shows: steps, final
+    losses; plus anything else `restore` needs, such as the captions the poisons get)."""
+
+    tensors: dict[str, torch.Tensor]
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 class Attack(ABC):
@@ -44,6 +73,10 @@ class Attack(ABC):
     per_image: ClassVar[bool] = False
     """Whether `apply` gives every image the same bytes whatever batch it is in (and every param's
     first dimension is the image), so the uint8 path may split the batch."""
+    needs_surrogate: ClassVar[bool] = False
+    """Whether the trigger is optimised on a clean surrogate model (`fit`) before poisoning."""
+    fitted: bool = False
+    """Whether `fit` or `restore` gave this attack its optimised trigger (set by them)."""
 
     def __init__(self, options: Any, image_size: int, seed: int) -> None:
         self.options = options
@@ -105,6 +138,17 @@ class Attack(ABC):
     def noise_mode(self) -> Attack | None:
         """A transform for extra training images that keep their captions (WaNet's noise mode), or None."""
         return None
+
+    def fit(self, surrogate: Surrogate, pairs: PairSet, target_index: int, target_name: str,
+            generator: torch.Generator) -> FittedTrigger:
+        """Optimise the trigger on `surrogate` with the clean pretraining `pairs`, drawing every random
+        choice from `generator`, and keep it (attacks with `needs_surrogate` implement this)."""
+        raise NotImplementedError(f"attack {self.name} does not optimise its trigger on a surrogate")
+
+    def restore(self, fitted: FittedTrigger) -> None:
+        """Take back a trigger `fit` returned (loaded from the cache) and set `fitted`: the attack then
+        triggers and poisons as right after that `fit`."""
+        raise NotImplementedError(f"attack {self.name} does not optimise its trigger on a surrogate")
 
     def describe(self) -> dict[str, Any]:
         """Options and derived (scaled) parameters, for the run card."""

@@ -126,6 +126,20 @@ class CellArtifacts:
             self.save_model(kind, name, produced() if produced is not None else model, record)
             return record, False
 
+    def tensors(self, kind: str, name: str, compute: Callable[[], tuple[dict[str, torch.Tensor], dict]]
+                ) -> tuple[dict[str, torch.Tensor], dict, bool]:
+        """Under the artifact's lock, the stored tensors and record of `name`, or `compute()`'s stored;
+        also says whether they were reused."""
+        with self.computing(kind, name):
+            found = self.cache.load_tensors(kind, self.keys[name]) if self.cache is not None else None
+            if distributed.agree(found is not None) and found is not None:
+                self.record[f"{name}_reused"] = True
+                tensors, meta = found
+                return tensors, {k: v for k, v in meta.items() if k != "sha256"}, True
+            tensors, meta = compute()
+            self._store(name.replace("_", " "), lambda: self.cache.save_tensors(kind, self.keys[name], tensors, meta))
+            return tensors, meta, False
+
     def evaluation(self, name: str, compute: Callable[[], dict]) -> dict:
         """A cached evaluation, or `compute()` stored under its key."""
         stored = self.cache.load_json(EVALUATIONS, self.keys[name]) if self.cache is not None else None

@@ -34,7 +34,9 @@ POISONED_MODELS = "poisoned-models"
 DEFENDED_MODELS = "defended-models"
 EVALUATIONS = "evaluations"
 CLASS_EMBEDDINGS = "class-embeddings"
-KINDS = (POISONED_MODELS, DEFENDED_MODELS, EVALUATIONS, CLASS_EMBEDDINGS)
+ATTACK_TRIGGERS = "attack-triggers"
+"""Triggers optimised on a surrogate model (BadCLIP's patch), keyed like models."""
+KINDS = (POISONED_MODELS, DEFENDED_MODELS, EVALUATIONS, CLASS_EMBEDDINGS, ATTACK_TRIGGERS)
 MAX_WEIGHTS_BYTES = 64 * 2**30
 """Weight files larger than this are not read (the largest open_clip models are a few GB)."""
 MAX_JSON_BYTES = 64 * 2**20

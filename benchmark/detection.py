@@ -25,7 +25,7 @@ from cleanbench.cache import POISONED_MODELS, content_key
 from cleanbench.artifacts import CellArtifacts
 from cleanbench.config import RunConfig, build_options
 from cleanbench.data.base import PairSet
-from cleanbench.detection_metrics import detection_metrics
+from cleanbench.detection_metrics import detection_metrics, poisoned_ranks
 from cleanbench.detectors.base import DetectionContext, Detector
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.fileio import write_json_atomic
@@ -33,6 +33,7 @@ from cleanbench.models import ModelBundle, build_model
 from cleanbench.registry import DETECTORS
 from cleanbench.runner import Plan
 from cleanbench.seeding import derive_seed, seed_everything
+from cleanbench.trigger_fit import fit_attack
 
 Log = Callable[[str], None]
 CARD_KIND = "detection"
@@ -130,7 +131,12 @@ def prepare_cell(plan: DetectionPlan, progress: bool, log: Log) -> PoisonedCell:
     start = time.perf_counter()
     loaded = stages.load(c.data, c.seed, c.target)
     data = loaded.data
+    keys = {name: key for name, key in cell.artifact_keys().items()
+            if name in ("surrogate_model", "attack_trigger", "poisoned_model")}
+    cache = CellArtifacts(c, keys, environment.current(cell.device), log)
     attack = cell.attack_cls(cell.attack_options, c.data.image_size, c.seed)
+    if cell.surrogate_kind:
+        fit_attack(attack, c, cell.surrogate_kind, loaded, cache, cell.device, progress, log)
     poisoned = stages.poison(stages.PoisonInput(data.pretrain, attack, loaded.target_index, loaded.target_name,
                                                 data.test.templates, c.seed, c.poison_rate, c.poison_count))
     pairs, poison = poisoned.pairs, poisoned.plan
@@ -140,7 +146,6 @@ def prepare_cell(plan: DetectionPlan, progress: bool, log: Log) -> PoisonedCell:
     seed_everything(derive_seed(c.seed, "init"))
     bundle = build_model(c.model.name, c.model.pretrained, str(cell.device), c.model.trust_checkpoint)
     key = cell.poisoned_model_key()
-    cache = CellArtifacts(c, {"poisoned_model": key}, environment.current(cell.device), log)
     meta, reused = cache.run(POISONED_MODELS, "poisoned_model", lambda: {"stats": stages.pretrain(stages.PretrainInput(
         bundle, pairs, c.pretrain, c.seed, cell.device, progress)).to_dict(), "config": c.to_dict()}, bundle.model)
     seconds = float(meta["stats"]["seconds"])
@@ -213,6 +218,7 @@ def score_cell(plan: DetectionPlan, progress: bool = True, log: Log = _stderr,
         card["scored_pairs"] = int(scored.sum())
         card["metrics"] = metrics.to_dict()
         card["score_quantiles"] = _quantiles(scores[scored], positive[scored])
+        card["poisoned_ranks"] = poisoned_ranks(scores[scored], positive[scored])
         card["status"] = "ok"
         card["finished"] = runcard.now()
         write_json_atomic(path, card)

@@ -136,6 +136,10 @@ ATTACKS: Registry = Registry(
         "label-consistent": "cleanbench.attacks.label_consistent:LabelConsistent",
         "sig": "cleanbench.attacks.sig:SIG",
         "solid-patch": "cleanbench.attacks.solid_patch:SolidPatch",
+        "badnet-stripes": "cleanbench.attacks.structured:BadNetStripes",
+        "blended-stripes": "cleanbench.attacks.structured:BlendedStripes",
+        "blended-triangles": "cleanbench.attacks.structured:BlendedTriangles",
+        "badclip": "cleanbench.attacks.badclip:BadCLIP",
     },
     "cleanbench.attacks.base:Attack",
 )
@@ -148,6 +152,7 @@ DEFENSES: Registry = Registry(
         "finetune": "cleanbench.defenses.finetune:Finetune",
         "unimodal": "cleanbench.defenses.unimodal:Unimodal",
         "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
+        "par": "cleanbench.defenses.par:PAR",
         "roclip": "cleanbench.defenses.roclip:RoCLIP",
         "detect-retrain": "cleanbench.detect_retrain:DetectRetrain",
     },

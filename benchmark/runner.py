@@ -10,6 +10,7 @@ training is data-parallel, and rank 0 alone writes files.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -37,6 +38,7 @@ from cleanbench.models import ModelBundle, check_model
 from cleanbench.poisoning import poison_budget
 from cleanbench.presets import setting_record
 from cleanbench.registry import ATTACKS, DEFENSES
+from cleanbench.trigger_fit import fit_attack
 from cleanbench.tuning import apply_record
 
 Log = Callable[[str], None]
@@ -162,8 +164,49 @@ class Plan:
             "target": c.target, "seed": c.seed, "threads": c.threads, "data": self._data("pretrain"), "pretrain": asdict(c.pretrain),
             "model": model, "model_digest": _digest(c.model.name.removeprefix("local-dir:")),
             "pretrained_digest": _digest(c.model.pretrained),
+            **({"trigger": self.trigger_key()} if self.attack_cls.needs_surrogate else {}),
         })
         return self._keys["poisoned"]
+
+    @property
+    def surrogate_kind(self) -> str | None:
+        """What an attack that optimises its trigger works on: the `--pretrained` weights the victim
+        starts from (`pretrained`), else the setting's clean-control model (`clean-control`); None for
+        other attacks."""
+        if not self.attack_cls.needs_surrogate:
+            return None
+        return "pretrained" if self.config.model.pretrained else "clean-control"
+
+    def control_config(self) -> RunConfig:
+        """This cell's configuration with attack `none`: the clean control of the same setting and seed."""
+        control = copy.deepcopy(self.config)
+        control.attack, control.attack_options = "none", {}
+        return control
+
+    def surrogate_model_key(self) -> str:
+        """The key of the surrogate: the clean control's poisoned-model key (the model `cleanbench run
+        --attack none` caches), or a hash of the pretrained weights."""
+        if "surrogate" not in self._keys:
+            if self.surrogate_kind == "clean-control":
+                self._keys["surrogate"] = Plan(self.control_config()).poisoned_model_key()
+            else:
+                model = {k: v for k, v in asdict(self.config.model).items() if k != "trust_checkpoint"}
+                self._keys["surrogate"] = content_key({"artifact": "pretrained-surrogate", "model": model,
+                                                       "pretrained_digest": _digest(self.config.model.pretrained)})
+        return self._keys["surrogate"]
+
+    def trigger_key(self) -> str:
+        """Hash of what determines an optimised trigger: the surrogate, the attack and its options, the
+        target, the seed, the pretraining data it reads and the thread count."""
+        if "trigger" not in self._keys:
+            c = self.config
+            self._keys["trigger"] = content_key({
+                "artifact": "attack-trigger", "cleanbench": cleanbench.__version__,
+                "surrogate": self.surrogate_kind, "surrogate_model": self.surrogate_model_key(),
+                "attack": c.attack, "attack_version": self.attack_cls.version,
+                "attack_options": asdict(self.attack_options), "target": c.target, "seed": c.seed,
+                "threads": c.threads, "data": self._data("pretrain")})
+        return self._keys["trigger"]
 
     def _defense_inputs(self) -> dict[str, Any]:
         parts = self.defense_cls(self.defense_options).key_parts()
@@ -187,10 +230,18 @@ class Plan:
         return content_key({"artifact": "evaluation", "cleanbench": cleanbench.__version__,
                             "model": model_key, "eval_data": self._data("eval"), "threads": self.config.threads})
 
+    def surrogate_evaluation_key(self) -> str:
+        """Hash of what determines the optimised trigger's evaluation on its own surrogate (no poisoning):
+        the trigger (whose key holds the surrogate's) and the test set."""
+        return content_key({"artifact": "surrogate-evaluation", "cleanbench": cleanbench.__version__,
+                            "trigger": self.trigger_key(), "eval_data": self._data("eval"), "threads": self.config.threads})
+
     def artifact_keys(self) -> dict[str, str]:
         """The keys of the cell's four artifacts, by name."""
         poisoned, defended = self.poisoned_model_key(), self.defended_model_key()
-        return {"poisoned_model": poisoned, "poisoned_evaluation": self.evaluation_key(poisoned),
+        fitted = ({"surrogate_model": self.surrogate_model_key(), "attack_trigger": self.trigger_key(),
+                   "surrogate_evaluation": self.surrogate_evaluation_key()} if self.attack_cls.needs_surrogate else {})
+        return {**fitted, "poisoned_model": poisoned, "poisoned_evaluation": self.evaluation_key(poisoned),
                 "defended_model": defended, "defended_evaluation": self.evaluation_key(defended)}
 
     def cell_key(self) -> str:
@@ -254,8 +305,13 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
     log(f"data: {len(cell.data.pretrain)} pretraining pairs, {len(cell.data.clean)} clean pairs, "
         f"{len(cell.data.test)} test images ({cell.seconds:.1f} s)")
 
+    cache = CellArtifacts(c, plan.artifact_keys(), card.environment, log, card.environment_notes.append)
+    card.artifacts = cache.record
     card.stage = f"attack {c.attack!r}"
     attack = plan.attack_cls(plan.attack_options, c.data.image_size, c.seed)
+    if plan.surrogate_kind:
+        card.attack["trigger"] = fit_attack(attack, c, plan.surrogate_kind, cell, cache, plan.device, progress, log)
+        costs["trigger_seconds"] = card.attack["trigger"]["seconds"]
     card.attack.update(attack.describe())
     poisoned = stages.poison(stages.PoisonInput(cell.data.pretrain, attack, cell.target_index, cell.target_name,
                                                 cell.data.test.templates, c.seed, c.poison_rate, c.poison_count))
@@ -263,8 +319,6 @@ def _execute(plan: Plan, card: runcard.RunCard, path: Path, progress: bool, log:
     log(f"poison: {poisoned.plan.count} of {poisoned.total} pairs -> target {cell.target_name!r} ({c.attack})")
 
     card.stage = "pretraining"
-    cache = CellArtifacts(c, plan.artifact_keys(), card.environment, log, card.environment_notes.append)
-    card.artifacts = cache.record
     bundle = stages.initial_model(c.model, c.seed, plan.device)
     stored, reused = cache.run(POISONED_MODELS, "poisoned_model", lambda: {"stats": stages.pretrain(stages.PretrainInput(
         bundle, poisoned.pairs, c.pretrain, c.seed, plan.device, progress)).to_dict(), "config": c.to_dict()}, bundle.model)

@@ -1,5 +1,5 @@
-"""The stages of a cell as functions with typed inputs and results: data, poison, pretrain, evaluate,
-defend.
+"""The stages of a cell as functions with typed inputs and results: data, trigger fit (attacks that
+optimise their trigger on a surrogate), poison, pretrain, evaluate, defend.
 
 Every path that runs a cell or part of one calls these: the runner (`cleanbench run` and sweeps),
 `cleanbench bench`, `cleanbench check-plugin` and the GPU check, so they cannot drift from what a
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cleanbench.attacks.base import Attack
+from cleanbench.attacks.base import Attack, FittedTrigger, Surrogate
 from cleanbench.config import DataConfig, ModelConfig, RunConfig
 from cleanbench.data.base import BenchmarkData, ClassificationSet, PairSet, class_index
 from cleanbench.data.loading import check_file_data, load_data
@@ -34,7 +34,7 @@ from cleanbench.evaluation import evaluate as zero_shot
 from cleanbench.losses import clip_objective
 from cleanbench.models import ModelBundle, build_model, input_size
 from cleanbench.poisoning import PoisonPlan, apply_poison, plan_poison, poison_budget
-from cleanbench.seeding import derive_seed, seed_everything
+from cleanbench.seeding import derive_seed, seed_everything, torch_generator
 from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, pair_batches, train
 
 
@@ -65,6 +65,46 @@ def load(config: DataConfig, seed: int, target: str | int) -> CellData:
     data = load_data(config, seed)
     target_index = class_index(data.test.classnames, target)
     return CellData(data, target_index, data.test.classnames[target_index], time.perf_counter() - start)
+
+
+def surrogate(bundle: ModelBundle, device: torch.device) -> Surrogate:
+    """`bundle`'s model, frozen in eval mode, as the `Surrogate` an attack optimises its trigger on."""
+    model = bundle.model.to(device).eval().requires_grad_(False)
+
+    def encode_images(images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != bundle.image_size or images.shape[-2] != bundle.image_size:
+            images = nn.functional.interpolate(images, size=(bundle.image_size, bundle.image_size), mode="bicubic",
+                                               antialias=True).clamp(0, 1)
+        return model.encode_image(bundle.normalize(images), normalize=True)
+
+    def encode_texts(captions) -> torch.Tensor:
+        return model.encode_text(bundle.tokenizer(list(captions)).to(device), normalize=True)
+
+    return Surrogate(encode_images, encode_texts, float(model.logit_scale.exp()), device)
+
+
+@dataclass
+class FitInput:
+    """What the trigger-fit stage reads: the attack, the frozen surrogate, the clean pretraining pairs,
+    the target and the seed."""
+
+    attack: Attack
+    surrogate: Surrogate
+    pairs: PairSet
+    target_index: int
+    target_name: str
+    seed: int
+
+
+def fit_trigger(inputs: FitInput) -> FittedTrigger:
+    """The trigger-fit stage: `attack.fit` on the surrogate from the seed stream `trigger-fit`; the
+    returned record gains `seconds`. The attack keeps the fitted trigger for the poison stage."""
+    f = inputs
+    start = time.perf_counter()
+    generator = torch_generator(derive_seed(f.seed, "trigger-fit", f.attack.name))
+    fitted = f.attack.fit(f.surrogate, f.pairs, f.target_index, f.target_name, generator)
+    fitted.record["seconds"] = time.perf_counter() - start
+    return fitted
 
 
 @dataclass
@@ -102,6 +142,9 @@ class Poisoned:
 def poison(inputs: PoisonInput) -> Poisoned:
     """The poison stage: choose the budget's pairs among the attack's candidates and trigger them."""
     p = inputs
+    if p.attack.needs_surrogate and not p.attack.fitted:
+        raise RunError(f"attack {p.attack.name} optimises its trigger on a surrogate: run the trigger-fit stage "
+                       "(`fit_trigger`) or restore its fitted trigger before poisoning")
     budget = 0 if p.attack.name == "none" else poison_budget(len(p.pairs), p.poison_rate, p.poison_count)
     start = time.perf_counter()
     plan = plan_poison(p.pairs, p.attack, p.target_index, p.target_name, budget, p.templates, p.seed)
