@@ -223,6 +223,11 @@ class Defense(ABC):
     def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
         """Return the defended model (it may be `bundle.model`, changed in place)."""
 
+    def key_parts(self) -> dict[str, Any]:
+        """What else determines the defended model besides the options and `version` (e.g. the version
+        of a detector the defense runs); part of the defended model's cache key when not empty."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Options, stage, needs and version, for the run card."""
         return {"options": asdict(self.options), "stage": self.stage, "needs": sorted(self.needs), "version": self.version}

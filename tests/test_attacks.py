@@ -26,12 +26,15 @@ from cleanbench.registry import ATTACKS
 from cleanbench.runner import run_cell
 from cleanbench.trainer import TrainConfig
 
-NAMES = ["blended", "wanet", "label-consistent", "sig", "solid-patch"]
+NAMES = ["blended", "wanet", "label-consistent", "sig", "solid-patch", "badnet-stripes", "blended-stripes",
+         "blended-triangles"]
 TEMPLATES = ("a photo of a {}.", "a {}.")
 RANDOM_OPTIONS = {  # options that give each attack per-image randomness where it has any
     "blended": {"pattern": "fresh"},
     "label-consistent": {"noise": "fresh", "location": "random"},
     "solid-patch": {"location": "random"},
+    "badnet-stripes": {"location": "random", "stripes": "fresh"},
+    "blended-stripes": {"stripes": "fresh"},
 }
 
 
