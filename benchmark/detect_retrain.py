@@ -57,10 +57,8 @@ def ranked_removal(scores: np.ndarray, fraction: float) -> tuple[np.ndarray, np.
 
 
 def _subset(pairs: PairSet, rows: np.ndarray) -> PairSet:
-    """The pairs of `rows`, in order."""
-    index = torch.from_numpy(rows)
-    return PairSet(pairs.images[index], [pairs.captions[int(i)] for i in rows], pairs.labels[index],
-                   pairs.classnames)
+    """The pairs of `rows`, in order (file-backed images are not read here)."""
+    return pairs.select(torch.from_numpy(rows))
 
 
 class DetectRetrain(Defense):
