@@ -155,6 +155,7 @@ DEFENSES: Registry = Registry(
         "par": "cleanbench.defenses.par:PAR",
         "roclip": "cleanbench.defenses.roclip:RoCLIP",
         "safeclip": "cleanbench.defenses.safeclip:SafeCLIP",
+        "detect-retrain": "cleanbench.detect_retrain:DetectRetrain",
     },
     "cleanbench.defenses.base:Defense",
 )

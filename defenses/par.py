@@ -15,7 +15,11 @@ The paper's settings (`REFERENCE_OPTIONS`): 2 epochs over 250k CC3M pairs, batch
 cosine to 0. Here the shared trainer's schedule (no warm-up, cosine from the peak) replaces theirs,
 and the defaults are the standard setting's (docs/defenses.md, "PAR"): the other defenses' 180
 steps (10 epochs of batch 64 over the 1,200 clean pairs) and lr 1.2e-4, the paper's lr scaled by
-the ratio of pretraining learning rates (3e-5 / 5e-4 x 2e-3). `tau` is the strength knob.
+the ratio of pretraining learning rates (3e-5 / 5e-4 x 2e-3). The strength knob is the lr, over
+the other finetuning defenses' grid: in the paper tau trades CA against ASR, but on the standard
+setting the push never reaches even tau = 0.5 within the 180 steps (mean squared distance 0.17 for
+images, 0.02 for captions at lr 1.2e-4), so every tau gives the same model and only the lr sets
+how far the push goes (docs/par.md).
 """
 
 from __future__ import annotations
@@ -28,17 +32,13 @@ import torch
 from torch import nn
 
 from cleanbench.defenses.base import Defense, DefenseContext, Strength
-from cleanbench.defenses.contrastive import TrainingOptions
+from cleanbench.defenses.contrastive import LR_GRID, TrainingOptions
 from cleanbench.losses import par_loss
 from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.trainer import Batch, InMemoryBatches, Objective, pair_batches
 
 if TYPE_CHECKING:
     from cleanbench.models import ModelBundle
-
-TAU_GRID: tuple[float, ...] = (0.5, 1.0, 1.5, 2.15)
-"""Values of tau that `cleanbench tune` tries, weakest first: the push stops at a mean cosine to the
-poisoned embedding of 0.75, 0.5, 0.25 and the paper's -0.075."""
 
 REFERENCE_OPTIONS: dict[str, Any] = dict(
     epochs=2, batch_size=2048, lr=3e-5, warmup_steps=0, weight_decay=1e-4, beta1=0.9, beta2=0.98, eps=1e-8, tau=2.15,
@@ -106,7 +106,7 @@ class PAR(Defense):
     description = "finetune on clean pairs with the CLIP loss minus a thresholded push away from the poisoned embeddings (tau)"
     source = "Singh, Croce, Hein, Perturb and Recover, arXiv 2412.00727"
     Options = PAROptions
-    strength: ClassVar[Strength] = Strength("tau", TAU_GRID)
+    strength: ClassVar[Strength] = Strength("lr", LR_GRID)
 
     def prepare(
         self, bundle: ModelBundle, context: DefenseContext

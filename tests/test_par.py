@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from cleanbench.config import build_options
 from cleanbench.data.embedded import load_embedded
 from cleanbench.defenses.base import DefenseContext
-from cleanbench.defenses.par import PAR, TAU_GRID, PAROptions, par_view
+from cleanbench.defenses.par import PAR, PAROptions, par_view
 from cleanbench.errors import UsageError
 from cleanbench.losses import clip_loss, par_loss, thresholded_distance
 from cleanbench.models import build_model
@@ -107,9 +107,10 @@ def test_a_tiny_tau_pushes_only_at_the_first_step_where_both_models_agree(small)
     assert push["steps_pushing_images"] == 1 == push["steps_pushing_texts"]
 
 
-def test_tau_is_the_strength_knob_weakest_first_ending_at_the_paper_value():
-    assert DEFENSES.get("par").strength.knob == "tau"
-    assert list(TAU_GRID) == sorted(TAU_GRID) and TAU_GRID[-1] == PAROptions().tau == 2.15
+def test_lr_is_the_strength_knob_over_the_finetuning_grid_and_tau_is_the_papers():
+    strength = DEFENSES.get("par").strength
+    assert strength == DEFENSES.get("cleanclip").strength and strength.knob == "lr"
+    assert PAROptions().tau == 2.15
 
 
 @pytest.mark.parametrize(
