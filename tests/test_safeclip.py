@@ -172,3 +172,15 @@ def test_bad_options_are_refused_with_the_reason(values, message):
 
     with pytest.raises(ValueError, match=message):
         SafeCLIPOptions(**values)
+
+
+def test_a_run_records_each_phase_and_each_split(tiny):
+    from cleanbench.runner import run_cell
+
+    card, _ = run_cell(tiny(defense="safeclip", defense_options={}), progress=False, log=lambda _: None)
+    assert card.status == "ok" and card.defense["stage"] == "pretraining"
+    assert [t["stage"] for t in card.defense["training"]] == ["safeclip:unimodal", "safeclip:align", "safeclip:mixed"]
+    splits = card.defense["notes"]["splits"]
+    assert len(splits) == card.defense["notes"]["mixed_epochs"] == 1  # one pretraining epoch: at least one mixed
+    assert 0 <= splits[0]["safe_fraction"] <= 1 and splits[0]["means"][0] <= splits[0]["means"][1]
+    assert card.artifacts["defended_model"] != card.artifacts["poisoned_model"]
