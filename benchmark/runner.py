@@ -2,8 +2,8 @@
 
 Four artifacts are content-addressed (see `Plan`): the poisoned model, its evaluation, the defended
 model and its evaluation; an attack that optimises its trigger adds its surrogate, the trigger and the
-trigger's evaluation on the surrogate (`trigger_fit`). Each is loaded from the cache when present, else computed (under a lock,
-so concurrent processes compute it once) and stored. The card lists each artifact's key and whether
+trigger's evaluation on the surrogate (`trigger_fit`). Each is loaded from the cache when present,
+else computed (under a lock, so concurrent processes compute it once) and stored. The card lists each artifact's key and whether
 this run reused it; its `costs` are what producing each stage cost, taken from the artifact when it
 was reused, and `wall_seconds` is what this run took. Under torchrun every rank runs the cell,
 training is data-parallel, and rank 0 alone writes files.
