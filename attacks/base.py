@@ -126,10 +126,10 @@ class Attack(ABC):
         """The caption a poisoned pair gets: a random template naming the target (dirty-label)."""
         return templates[rng.randrange(len(templates))].format(target_name)
 
-    def prepare_poisoned(self, pairs: PairSet, indices: list[int], target_name: str, seed: int) -> torch.Tensor:
-        """The uint8 images of the pairs at `indices` before the trigger: unchanged by default
-        (label-consistent perturbs them adversarially first)."""
-        return pairs.images[torch.tensor(indices, dtype=torch.long)]
+    def prepare_poisoned(self, pairs: PairSet, indices: list[int], target_name: str, seed: int) -> torch.Tensor | None:
+        """The uint8 images that replace the pairs' at `indices` before the trigger, or None to keep
+        them (the default; label-consistent perturbs them adversarially first)."""
+        return None
 
     def noise_count(self, budget: int) -> int:
         """How many other training pairs get `noise_mode()` for a poison budget (none by default)."""
@@ -234,6 +234,36 @@ def trigger_rows(attack: Attack, images: torch.Tensor, rows: torch.Tensor, seed:
     return apply_uint8(attack, images, params)
 
 
-def row_trigger(attack: Attack, seed: int, stream: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`trigger_rows` with the attack, seed and stream fixed: `trigger(images, rows)`, picklable."""
-    return functools.partial(trigger_rows, attack, seed=seed, stream=stream)
+@dataclass(frozen=True)
+class Seeded:
+    """`attack`'s trigger with its random parameters seeded from (`seed`, `stream`): the
+    `cleanbench.data.column.SeededTrigger` that image columns apply (see there how each seeds it)."""
+
+    attack: Attack
+    seed: int
+    stream: str
+    chunk: int | None = None
+    """Rows whose parameters are drawn at once when they are drawn in row order (None: all)."""
+
+    def per_row(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`trigger_rows` with this attack, seed and stream: `trigger(images, rows)`, picklable."""
+        return functools.partial(trigger_rows, self.attack, seed=self.seed, stream=self.stream)
+
+    def drawn(self, rows: Sequence[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The trigger for `rows`, their parameters drawn in row order from one generator of the
+        stream, `chunk` rows at a time; a batch of any of those rows gets its rows' parameters."""
+        rows = [int(r) for r in rows]
+        generator = torch_generator(derive_seed(self.seed, self.stream))
+        step = self.chunk or max(1, len(rows))
+        drawn = [self.attack.sample(len(rows[i : i + step]), generator) for i in range(0, len(rows), step)]
+        params = {key: torch.cat([d[key] for d in drawn]) for key in drawn[0]} if drawn else {}
+        return functools.partial(_apply_drawn, self.attack, {row: i for i, row in enumerate(rows)}, params)
+
+
+def _apply_drawn(attack: Attack, position: dict[int, int], params: dict[str, torch.Tensor], images: torch.Tensor,
+                 rows: torch.Tensor) -> torch.Tensor:
+    """`attack` on uint8 `images` of `rows`, with the parameters drawn for those rows."""
+    if len(rows) == 0:
+        return images
+    at = torch.tensor([position[int(r)] for r in rows.tolist()], dtype=torch.long)
+    return apply_uint8(attack, images, {key: value[at].to(images.device) for key, value in params.items()})

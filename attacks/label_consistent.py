@@ -63,11 +63,11 @@ class LabelConsistent(BadNet):
         """The original caption, unchanged (clean-label)."""
         return caption
 
-    def prepare_poisoned(self, pairs: PairSet, indices: list[int], target_name: str, seed: int) -> torch.Tensor:
-        """The poisons' uint8 images pushed away from the target by PGD on a surrogate (or unchanged)."""
-        images = pairs.images[torch.tensor(indices, dtype=torch.long)]
+    def prepare_poisoned(self, pairs: PairSet, indices: list[int], target_name: str, seed: int) -> torch.Tensor | None:
+        """The poisons' uint8 images pushed away from the target by PGD on a surrogate (None: unchanged)."""
         if self.options.perturbation == "none" or not indices:
-            return images
+            return None
+        images = pairs.images[torch.tensor(indices, dtype=torch.long)]
         is_target = torch.tensor([_names(c, target_name) for c in pairs.captions], dtype=torch.bool)
         model = train_surrogate(pairs.images, is_target, derive_seed(seed, "attack", self.name, "surrogate"))
         return push_away_from_target(model, images, self.options.epsilon, self.options.pgd_steps)

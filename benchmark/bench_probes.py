@@ -35,20 +35,19 @@ from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.runner import resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
 from cleanbench.synonyms import embedded_table
-from cleanbench.trainer import Batch, InMemoryBatches, TrainConfig, decay_groups, train
+from cleanbench.trainer import Batch, Batches, TrainConfig, decay_groups, train
 from cleanbench.trigger_bench import REFERENCE_OPTIONS, SIDE, reference_triggers
 
 POOL = 256
 """Distinct images drawn per split; larger sets repeat them (content does not change speed)."""
 
 def _tile_pairs(pairs: PairSet, count: int) -> PairSet:
-    index = torch.arange(count) % len(pairs)
-    return PairSet(pairs.images[index], [pairs.captions[i] for i in index.tolist()], pairs.labels[index], pairs.classnames)
+    return pairs.select(torch.arange(count) % len(pairs))
 
 
 def _tile_test(test: ClassificationSet, count: int) -> ClassificationSet:
     index = torch.arange(count) % len(test)
-    return replace(test, images=test.images[index], labels=test.labels[index])
+    return replace(test, images=test.images.select(index), labels=test.labels[index])
 
 
 def _bare_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, device: torch.device) -> None:
@@ -195,7 +194,7 @@ class CellProbes:
         self.parts(name, batches, stage_config, view, lambda *features: cleanclip_loss(*features, *weights)["loss"],
                    per_pair)
 
-    def parts(self, stage: str, batches: InMemoryBatches, stage_config: TrainConfig, view: ImageView | None,
+    def parts(self, stage: str, batches: Batches, stage_config: TrainConfig, view: ImageView | None,
               loss_fn: Callable[..., torch.Tensor], per_pair: int) -> None:
         """Probes of each part of a training step of `stage`, timed on their own over `steps` steps:
         `loss_fn(images, texts, image_views, text_views, scale)` is the stage's loss."""
@@ -251,7 +250,7 @@ class CellProbes:
     def evaluation(self) -> None:
         bundle, device, test = self.bundle, self.device, self.test
         keep = test.labels != self.target
-        everything = torch.cat([test.images, test.images[keep]])
+        everything = torch.cat([test.images[:], test.images[keep]])
         chunks = [bundle.model_input(everything[i : i + IMAGE_BATCH].to(device))
                   for i in range(0, len(everything), IMAGE_BATCH)]
         model = bundle.model

@@ -14,9 +14,9 @@ Checks, in order; the first failure stops the check and is the one reported:
 6. `deterministic`: a second run with the same seed, after the global random generators were
    scrambled, gives bit-identical weights.
 7. `files`: the same clean pairs, written as PNG files with a CSV and read back as a run on file
-   data reads them (`context.clean.images` is then a column read lazily, not a tensor), still
-   apply and give the same architecture; a defense that only uses the `PairSet` interface
-   (`.to(device)`, indexing, `len`) passes on both paths.
+   data reads them (`context.clean.images` is then an image column read from files instead of one
+   held in memory: the same `ImageColumn` interface), still apply and give the same architecture;
+   a defense that only uses the `PairSet` and `ImageColumn` interfaces passes on both paths.
 Then it reports the cost: seconds per apply, training steps and throughput.
 
 A pretraining-stage defense (`stage = "pretraining"`) must also declare `pretrain_pairs` (`loads`);

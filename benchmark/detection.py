@@ -25,7 +25,7 @@ from cleanbench.cache import POISONED_MODELS, content_key
 from cleanbench.artifacts import CellArtifacts
 from cleanbench.config import RunConfig, build_options
 from cleanbench.data.base import PairSet
-from cleanbench.detection_metrics import detection_metrics
+from cleanbench.detection_metrics import detection_metrics, poisoned_ranks
 from cleanbench.detectors.base import DetectionContext, Detector
 from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.fileio import write_json_atomic
@@ -218,6 +218,7 @@ def score_cell(plan: DetectionPlan, progress: bool = True, log: Log = _stderr,
         card["scored_pairs"] = int(scored.sum())
         card["metrics"] = metrics.to_dict()
         card["score_quantiles"] = _quantiles(scores[scored], positive[scored])
+        card["poisoned_ranks"] = poisoned_ranks(scores[scored], positive[scored])
         card["status"] = "ok"
         card["finished"] = runcard.now()
         write_json_atomic(path, card)

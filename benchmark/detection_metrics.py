@@ -90,6 +90,22 @@ def tpr_at_fpr(scores: np.ndarray, positive: np.ndarray, max_fpr: float = TARGET
     return float(true_positives[allowed].max() / n_pos) if allowed.any() else 0.0
 
 
+def poisoned_ranks(scores: np.ndarray, positive: np.ndarray) -> dict[str, list[int]]:
+    """Where each poisoned pair lies among the clean ones: per poisoned pair (highest score first),
+    the number of clean pairs scoring strictly above it and the number tied with it.
+
+    These counts are all that AUROC and TPR at a FPR need (clean pairs below = negatives - above -
+    tied), so a card stores them instead of every score, and a bootstrap over pairs can redraw the
+    clean pairs between the poisoned ones exactly."""
+    scores, positive = _checked(scores, positive)
+    clean = np.sort(scores[~positive])
+    poisoned = np.sort(scores[positive])[::-1]
+    at_or_below = np.searchsorted(clean, poisoned, side="right")
+    below = np.searchsorted(clean, poisoned, side="left")
+    return {"clean_above": [int(v) for v in len(clean) - at_or_below],
+            "clean_tied": [int(v) for v in at_or_below - below]}
+
+
 def detection_metrics(scores: np.ndarray, positive: np.ndarray) -> DetectionMetrics:
     """AUROC, AUPRC and TPR at 1 % FPR of `scores` against the boolean `positive` labels."""
     positive = np.asarray(positive, dtype=bool)

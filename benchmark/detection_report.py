@@ -1,7 +1,8 @@
 """Detection cards back into tables: one row per card, or per setting and detector pooled over seeds.
 
-Pooled rows give each metric's mean over seeds with a 95 % Student-t interval across seeds
-(mean -/+ t_{0.975, n-1} * s / sqrt(n), clipped to [0, 1]); one seed gives its value and no interval.
+Pooled rows give each metric's mean over seeds with the leaderboard's 95 % bootstrap interval
+(`cleanbench.leaderboard.detections`): seeds and scored pairs redrawn for AUROC and TPR@1%FPR, seeds
+only for AUPRC and for cards that hold no ranks.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Any
 import pandas as pd
 
 from cleanbench.detection import CARD_FOLDER, CARD_KIND
-import numpy as np
-from scipy.stats import t as student_t
+from cleanbench.leaderboard.detections import pool
 
 METRICS = (("auroc", "AUROC"), ("auprc", "AUPRC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"))
 
@@ -45,20 +45,8 @@ def _label(card: dict[str, Any]) -> dict[str, Any]:
             "options": ", ".join(f"{k}={v}" for k, v in options.items()) or "-"}
 
 
-def seed_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean over seeds and its Student-t interval, clipped to [0, 1] (NaN bounds for one seed; NaNs dropped)."""
-    finite = np.array([v for v in values if not math.isnan(v)], dtype=float)
-    if len(finite) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(finite.mean())
-    if len(finite) == 1:
-        return mean, math.nan, math.nan
-    half = float(student_t.ppf((1 + confidence) / 2, len(finite) - 1)) * finite.std(ddof=1) / math.sqrt(len(finite))
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
-
-
-def _interval(values: list[float]) -> str:
-    mean, low, high = seed_interval(values)
+def _interval(value: tuple[float, float, float]) -> str:
+    mean, low, high = value
     if math.isnan(mean):
         return "n/a"
     return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
@@ -73,8 +61,9 @@ def pooled_table(cards: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for members in groups.values():
         members.sort(key=lambda c: c["seed"])
         row = _label(members[0]) | {"seeds": ",".join(str(c["seed"]) for c in members)}
+        pooled = pool(members, members[0]["group_key"])
         for key, title in METRICS:
-            row[title] = _interval([c["metrics"][key] for c in members])
+            row[title] = _interval(pooled.values[key])
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.sort_values(["attack", "poisoned", "detector", "options"], kind="stable") if rows else frame

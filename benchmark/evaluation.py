@@ -3,38 +3,36 @@
 Class embedding = mean of the L2-normalised embeddings of the class name in every prompt template,
 renormalised (docs/reference.md §5.1); computed once per model and prompt set (the runner caches them like an evaluation, and
 passes them in as `classes`). Logits are cosine similarities. With `progress`, the class embeddings
-(1,000 classes x 80 templates take minutes on a CPU) and the scoring of file-backed test sets show a bar.
+(1,000 classes x 80 templates take minutes on a CPU) and the scoring of the test set show a bar.
 
-In-memory test sets (the embedded data) are scored in one pass. File-backed ones (ImageNet-style
-folders, torchvision datasets) stream through `FileBatches`: worker processes read and preprocess
-the images, the trigger is applied on the device to each non-target image (parameters from the
-image's own seeded generator), and the counts accumulate. With `squash_triggered` (the reference's
-behaviour, docs/reference.md §7, item 6) the triggered copy is made from the squashed image. On CUDA the
-encoders run under autocast (bf16 where supported).
+Every test set streams through `Batches`, whatever its storage (embedded tensors, ImageNet-style
+folders, torchvision datasets, whose files worker processes read and preprocess): the trigger is
+applied on the device to each non-target image, as the test column seeds it, and the predictions
+and per-image distances accumulate. With `squash_triggered` (the reference's behaviour,
+docs/reference.md §7, item 6) the triggered copy is made from the squashed image (the column's
+`trigger_source`). On CUDA the encoders run under autocast (bf16 where supported).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from cleanbench.attacks.base import Attack, trigger_rows, trigger_uint8
+from cleanbench.attacks.base import Attack, Seeded
 from cleanbench.attacks.preview import EVAL_TRIGGER_STREAM
 from cleanbench.data.base import ClassificationSet
-from cleanbench.data.images import ImageFiles
-from cleanbench.data.lazy import FileBatches
-from cleanbench.metrics import proportion, stealthiness
+from cleanbench.data.batches import Batches
+from cleanbench.data.column import ImageColumn
+from cleanbench.metrics import image_distances, proportion, summarize_distances
 from cleanbench.models import ModelBundle
-from cleanbench.seeding import derive_seed, torch_generator
 
 TEXT_BATCH = 2048
 IMAGE_BATCH = 512
-"""Images per forward pass when scoring in-memory test sets."""
+"""Images per forward pass when scoring a test set."""
 
 
 def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -77,61 +75,42 @@ def _topk(bundle: ModelBundle, images: torch.Tensor, classes: torch.Tensor, k: i
 
 @torch.no_grad()
 def predict_topk(
-    bundle: ModelBundle, images: torch.Tensor, classes: torch.Tensor, device, k: int = 5, batch_size: int = IMAGE_BATCH
+    bundle: ModelBundle, images: ImageColumn | torch.Tensor, classes: torch.Tensor, device, k: int = 5,
+    batch_size: int = IMAGE_BATCH,
 ) -> torch.Tensor:
-    """(N, k) indices of the k most similar classes for uint8 `images`."""
+    """(N, k) indices of the k most similar classes for uint8 `images` (read `batch_size` at a time)."""
     out = []
     for start in range(0, len(images), batch_size):
         out.append(_topk(bundle, images[start : start + batch_size].to(device), classes, k).cpu())
     return torch.cat(out)
 
 
-def _combine_stealthiness(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """The `stealthiness` of several batches together, from each batch's size and result."""
-    total = sum(n for n, _ in parts)
-    if total == 0:
-        return {"linf": math.nan, "l2": math.nan, "psnr_db": math.nan, "changed_fraction": math.nan}
-    out = {key: sum(n * s[key] for n, s in parts) / total for key in ("linf", "l2", "changed_fraction")}
-    changed = [(n * s["changed_fraction"], s["psnr_db"]) for n, s in parts if n * s["changed_fraction"] > 0]
-    weight = sum(w for w, _ in changed)
-    out["psnr_db"] = sum(w * p for w, p in changed) / weight if weight else math.nan
-    return out
+class _Chunks:
+    """Triggered images gathered from the stream and scored (top-1) in chunks of exactly `size`, in
+    order, so the model sees the same chunks however the stream was cut."""
 
+    def __init__(self, bundle: ModelBundle, classes: torch.Tensor, device, size: int) -> None:
+        self.bundle, self.classes, self.device, self.size = bundle, classes, device, size
+        self.waiting: list[torch.Tensor] = []
+        self.top1: list[torch.Tensor] = []
 
-def _evaluate_files(
-    bundle: ModelBundle, test: ClassificationSet, attack: Attack, target_index: int, seed: int, device, batch_size: int,
-    classes: torch.Tensor, progress: bool,
-) -> dict:
-    """Counts of a file-backed test set, streamed batch by batch."""
-    column: ImageFiles = test.images.to(device)
-    squash = column.squash_triggered
-    if squash:
-        column = column.reading("both")
-    n = m = top1 = top5 = hits = recovered = 0
-    parts: list[tuple[int, dict[str, float]]] = []
-    bar = tqdm(total=len(test), desc="evaluation", unit="img", disable=not progress, leave=False, dynamic_ncols=True)
-    for batch in FileBatches({"images": column}, batch_size).in_order():
-        bar.update(len(batch["index"]))
-        rows, images = batch["index"], batch["images"]
-        clean, source = (images[:, 0], images[:, 1]) if squash else (images, images)
-        labels = test.labels[rows].to(device)
-        top = _topk(bundle, clean, classes, 5)
-        top1 += int((top[:, 0] == labels).sum())
-        top5 += int((top == labels[:, None]).any(dim=1).sum())
-        keep = labels != target_index
-        n += len(rows)
-        if not keep.any():
-            continue
-        triggered = trigger_rows(attack, source[keep], rows[keep.cpu()], seed, EVAL_TRIGGER_STREAM)
-        predicted = _topk(bundle, triggered, classes, 1)[:, 0]
-        hits += int((predicted == target_index).sum())
-        recovered += int((predicted == labels[keep]).sum())
-        count = int(keep.sum())
-        m += count
-        parts.append((count, stealthiness(source[keep].cpu(), triggered.cpu())))
-    bar.close()
-    return {"n": n, "m": m, "top1": top1, "top5": top5, "hits": hits, "recovered": recovered,
-            "stealthiness": _combine_stealthiness(parts), "skipped": column.log["skipped"]}
+    def add(self, images: torch.Tensor) -> None:
+        self.waiting.append(images)
+        if sum(len(w) for w in self.waiting) >= self.size:
+            pending = torch.cat(self.waiting)
+            cut = len(pending) - len(pending) % self.size
+            self._score(pending[:cut])
+            self.waiting = [pending[cut:]]
+
+    def close(self) -> torch.Tensor:
+        """The top-1 class of every image added, in order."""
+        if self.waiting:
+            self._score(torch.cat(self.waiting))
+        return torch.cat(self.top1) if self.top1 else torch.empty(0, dtype=torch.long)
+
+    def _score(self, images: torch.Tensor) -> None:
+        for start in range(0, len(images), self.size):
+            self.top1.append(_topk(self.bundle, images[start : start + self.size].to(self.device), self.classes, 1)[:, 0].cpu())
 
 
 def evaluate(
@@ -141,47 +120,57 @@ def evaluate(
     target_index: int,
     seed: int,
     device,
-    batch_size: int = 256,
+    batch_size: int = IMAGE_BATCH,
     classes: torch.Tensor | None = None,
     progress: bool = False,
 ) -> dict:
     """CA top-1/top-5 on clean images; ASR and RA on triggered images whose class is not the target.
 
-    `classes`: the model's class embeddings for `test` when already computed (else computed here).
+    The test images stream in order, `batch_size` at a time; the trigger is applied to each batch's
+    non-target images (stream `eval-trigger`, seeded as the test column seeds it), and the triggered
+    images are scored in chunks of `batch_size` in test-set order. `classes`: the model's class
+    embeddings for `test` when already computed (else computed here).
     """
     start = time.perf_counter()
     bundle.model.eval()
     if classes is None:
         classes = class_embeddings(bundle, test.classnames, test.templates, device, progress=progress)
     classes = classes.to(device)
-    if isinstance(test.images, ImageFiles):
-        counts = _evaluate_files(bundle, test, attack, target_index, seed, device, batch_size, classes, progress)
-        n, m = counts["n"], counts["m"]
-        seconds = time.perf_counter() - start
-        return {
-            "ca_top1": proportion(counts["top1"], n).to_dict(),
-            "ca_top5": proportion(counts["top5"], n).to_dict(),
-            "asr": proportion(counts["hits"], m).to_dict(),
-            "ra": proportion(counts["recovered"], m).to_dict(),
-            "stealthiness": counts["stealthiness"],
-            "skipped_images": counts["skipped"],
-            "seconds": seconds,
-            "images_per_second": (n + m) / max(seconds, 1e-9),
-        }
-    clean_top = predict_topk(bundle, test.images, classes, device)
-    labels = test.labels
-    keep = labels != target_index
-    generator = torch_generator(derive_seed(seed, EVAL_TRIGGER_STREAM))
-    triggered = trigger_uint8(attack, test.images[keep], generator)
-    triggered_top1 = predict_topk(bundle, triggered, classes, device, k=1)[:, 0]
-    n, m = len(labels), int(keep.sum())
-    seconds = time.perf_counter() - start
+    column = test.images.to(device)
+    keep = test.labels != target_index
+    trigger = column.row_trigger(Seeded(attack, seed, EVAL_TRIGGER_STREAM), torch.nonzero(keep).flatten().tolist())
+    source = column.trigger_source()
+    columns = {"images": column} if source is column else {"images": column, "source": source}
+    clean_top, triggered, read, distances = [], _Chunks(bundle, classes, device, batch_size), [], []
+    bar = tqdm(total=len(test), desc="evaluation", unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    for batch in Batches(columns, batch_size).in_order():
+        bar.update(len(batch["index"]))
+        rows, images = batch["index"], batch["images"]
+        clean_top.append(_topk(bundle, images, classes, 5).cpu())
+        kept = keep[rows]
+        originals = batch.get("source", images)[kept.to(images.device)]
+        changed = trigger(originals, rows[kept])
+        triggered.add(changed)
+        distances.append(image_distances(originals.cpu(), changed.cpu()))
+        read.append(rows)
+    bar.close()
+    labels = test.labels[torch.cat(read)] if read else test.labels[:0]
+    return _metrics(torch.cat(clean_top) if clean_top else torch.empty(0, 5, dtype=torch.long), triggered.close(),
+                    labels, target_index, distances, time.perf_counter() - start)
+
+
+def _metrics(clean_top: torch.Tensor, triggered_top1: torch.Tensor, labels: torch.Tensor, target_index: int,
+             distances: list[tuple[torch.Tensor, torch.Tensor]], seconds: float) -> dict:
+    """CA, ASR and RA with their intervals, stealthiness and time, from the predictions of the images
+    read (`labels` are theirs, in order)."""
+    kept_labels = labels[labels != target_index]
+    n, m = len(labels), len(triggered_top1)
     return {
         "ca_top1": proportion(int((clean_top[:, 0] == labels).sum()), n).to_dict(),
         "ca_top5": proportion(int((clean_top == labels[:, None]).any(dim=1).sum()), n).to_dict(),
         "asr": proportion(int((triggered_top1 == target_index).sum()), m).to_dict(),
-        "ra": proportion(int((triggered_top1 == labels[keep]).sum()), m).to_dict(),
-        "stealthiness": stealthiness(test.images[keep], triggered),
+        "ra": proportion(int((triggered_top1 == kept_labels).sum()), m).to_dict(),
+        "stealthiness": summarize_distances(distances),
         "seconds": seconds,
         "images_per_second": (n + m) / max(seconds, 1e-9),
     }

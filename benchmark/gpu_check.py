@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cleanbench.data.lazy import FileBatches
+from cleanbench.data.batches import Batches
 from cleanbench.data.pairs import load_pairs
 from cleanbench.data.zeroshot import load_eval_set
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> dict:
         pairs = load_pairs(train_csv, size, workers=args.workers)
 
         start = time.perf_counter()
-        read = sum(len(b["index"]) for b in FileBatches({"images": pairs.images.to(device)}, args.batch).in_order())
+        read = sum(len(b["index"]) for b in Batches({"images": pairs.images.to(device)}, args.batch).in_order())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         result["loader_images_per_second"] = read / (time.perf_counter() - start)

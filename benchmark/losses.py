@@ -74,3 +74,28 @@ def cleanclip_loss(
         total = total + inmodal_weight * parts["inmodal"]
     parts["loss"] = total
     return parts
+
+
+def thresholded_distance(features: torch.Tensor, reference: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PAR's push term h(D): D = the batch mean of ||features - reference||^2, kept where D <= tau and
+    0 (no gradient) beyond it; returns (h(D), D detached)."""
+    distance = (features - reference).pow(2).sum(dim=1).mean()
+    return torch.where(distance <= tau, distance, distance.new_zeros(())), distance.detach()
+
+
+def par_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    frozen_image_features: torch.Tensor,
+    frozen_text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    tau: float,
+) -> dict[str, torch.Tensor]:
+    """Perturb and Recover (Singh et al. 2024): L = L_CLIP - 1/2 [h(D_I) + h(D_T)], with D the mean
+    squared distance between the trained and the frozen model's normalised embeddings of the same
+    inputs; returns the total, `clip`, and `image_distance` / `text_distance` (D, detached)."""
+    push_image, image_distance = thresholded_distance(image_features, frozen_image_features, tau)
+    push_text, text_distance = thresholded_distance(text_features, frozen_text_features, tau)
+    clip = clip_loss(image_features, text_features, logit_scale)
+    return {"loss": clip - 0.5 * (push_image + push_text), "clip": clip,
+            "image_distance": image_distance, "text_distance": text_distance}

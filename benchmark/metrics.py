@@ -44,26 +44,43 @@ def proportion(successes: int, total: int, confidence: float = 0.95) -> Proporti
     return Proportion(successes, total, successes / total, float(interval.low), float(interval.high), confidence)
 
 
-def stealthiness(clean: torch.Tensor, triggered: torch.Tensor) -> dict[str, float]:
-    """Mean L-inf and L2 distance (images scaled to [0, 1]) and mean PSNR (dB) between image batches.
+Distances = tuple[torch.Tensor, torch.Tensor, int]
+"""Per image pair: the largest absolute difference (0..255, float64), the sum of squared differences
+(float64, exact: integers below 2**53), and the values per image."""
 
-    PSNR of an image pair that is identical is infinite; the mean is then taken over the changed
-    images only (NaN if none changed). The images are uint8; differences and sums of squares are
-    computed exactly (integers), then scaled.
-    """
+
+def image_distances(clean: torch.Tensor, triggered: torch.Tensor) -> Distances:
+    """The `Distances` of two uint8 image batches, pair by pair; `summarize_distances` averages them."""
     if clean.dtype != torch.uint8 or triggered.dtype != torch.uint8:
         raise TypeError(f"stealthiness compares uint8 images, not {clean.dtype} and {triggered.dtype}")
     diff = triggered.flatten(1).short() - clean.flatten(1).short()
-    squares = diff.float().square().sum(dim=1, dtype=torch.float64)  # integers: exact below 2**53
+    squares = diff.float().square().sum(dim=1, dtype=torch.float64)
+    return diff.abs().amax(dim=1).double(), squares, diff.shape[1]
+
+
+def summarize_distances(parts: list[Distances]) -> dict[str, float]:
+    """Mean L-inf and L2 distance (images scaled to [0, 1]) and mean PSNR (dB) over the image pairs of
+    the parts (of one image size). PSNR of an identical pair is infinite; the mean is then taken over
+    the changed images only (NaN if none changed; everything NaN without images)."""
+    linf = torch.cat([part[0] for part in parts]) if parts else torch.empty(0, dtype=torch.float64)
+    if len(linf) == 0:
+        return {"linf": math.nan, "l2": math.nan, "psnr_db": math.nan, "changed_fraction": math.nan}
+    squares = torch.cat([part[1] for part in parts])
     changed = squares > 0
-    mse = squares[changed] / (diff.shape[1] * 255**2)
+    mse = squares[changed] / (parts[0][2] * 255**2)
     psnr = 10 * torch.log10(1 / mse) if changed.any() else torch.tensor([math.nan])
     return {
-        "linf": float(diff.abs().amax(dim=1).double().mean() / 255),
+        "linf": float(linf.mean() / 255),
         "l2": float(squares.sqrt().mean() / 255),
         "psnr_db": float(psnr.mean()),
         "changed_fraction": float(changed.double().mean()),
     }
+
+
+def stealthiness(clean: torch.Tensor, triggered: torch.Tensor) -> dict[str, float]:
+    """Mean L-inf and L2 distance (images scaled to [0, 1]) and mean PSNR (dB) between uint8 image
+    batches (`summarize_distances` of `image_distances`)."""
+    return summarize_distances([image_distances(clean, triggered)])
 
 
 # --- Defense effectiveness (used by the leaderboard) ---

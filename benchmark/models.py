@@ -104,7 +104,10 @@ class ModelBundle:
 
     def model_input(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 images -> normalised float input at the model's resolution."""
-        images = images_uint8.float().div_(255)
+        return self.float_input(images_uint8.float().div_(255))
+
+    def float_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] -> normalised float input at the model's resolution."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = nn.functional.interpolate(
                 images, size=(self.image_size, self.image_size), mode="bicubic", antialias=True

@@ -2,7 +2,8 @@
 
 The plan is a pure function of the pairs, the attack's policy, the budget and a seed; its indices
 are recorded in the run card. Applying it pastes the trigger on the chosen images (stored as uint8,
-rounded, as poisoned image files are) and rewrites or keeps their captions.
+rounded, as poisoned image files are; the image column applies it, in memory at once, on files as
+batches read them) and rewrites or keeps their captions.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from cleanbench.attacks.base import Attack, row_trigger, trigger_uint8
+from cleanbench.attacks.base import Attack, Seeded
 from cleanbench.config import check_budget
 from cleanbench.data.base import PairSet
-from cleanbench.data.lazy import LazyColumn
-from cleanbench.data.pairs import Captions
+from cleanbench.data.pairs import replace_captions
 from cleanbench.errors import UsageError
 from cleanbench.seeding import derive_seed, torch_generator
 
@@ -91,46 +91,20 @@ def _noise_indices(total: int, poisoned: list[int], count: int, seed: int) -> li
     return sorted(int(i) for i in others[torch.randperm(len(others), generator=generator)[:count]])
 
 
-def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int, batch_size: int = 1024) -> PairSet:
-    """A copy of `pairs` with the plan's images triggered and captions replaced.
+def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int, chunk: int = 1024) -> PairSet:
+    """`pairs` with the plan's images triggered and captions replaced (a new column and captions).
 
-    File-backed pairs are not copied: their images get the trigger as batches read them, on the device.
+    The image column applies the trigger (`ImageColumn.triggered`): stream `poison-trigger` for the
+    poisons (after the attack's `prepare_poisoned`, if it changes them), `poison-noise` for the noise
+    mode's pairs; parameters drawn `chunk` rows at a time where they are drawn in row order.
     """
-    if isinstance(pairs.images, LazyColumn):
-        _check_lazy(plan, attack)
-        return _poison_lazily(pairs, plan, attack, seed)
-    images = pairs.images.clone()
-    captions = list(pairs.captions)
-    generator = torch_generator(derive_seed(seed, "poison-trigger"))
-    index = torch.tensor(plan.indices, dtype=torch.long)
+    images = pairs.images
     sources = attack.prepare_poisoned(pairs, plan.indices, plan.target_name, seed)
-    for start in range(0, len(index), batch_size):
-        chunk = slice(start, start + batch_size)
-        images[index[chunk]] = trigger_uint8(attack, sources[chunk], generator)
-    noise, mode = torch.tensor(plan.noise_indices, dtype=torch.long), attack.noise_mode()
-    generator = torch_generator(derive_seed(seed, "poison-noise"))
-    for start in range(0, len(noise), batch_size):
-        chunk = noise[start : start + batch_size]
-        images[chunk] = trigger_uint8(mode, pairs.images[chunk], generator)
-    for i, caption in zip(plan.indices, plan.captions):
-        captions[i] = caption
+    if sources is not None:
+        images = images.replaced(plan.indices, sources)
+    images = images.triggered(plan.indices, Seeded(attack, seed, "poison-trigger", chunk))
+    mode = attack.noise_mode()
+    if plan.noise_indices and mode is not None:
+        images = images.triggered(plan.noise_indices, Seeded(mode, seed, "poison-noise", chunk))
+    captions = replace_captions(pairs.captions, dict(zip(plan.indices, plan.captions)))
     return PairSet(images, captions, pairs.labels.clone(), pairs.classnames)
-
-
-def _check_lazy(plan: PoisonPlan, attack: Attack) -> None:
-    """File data is triggered as it is read: no noise mode, no perturbation of the poisons first."""
-    if plan.noise_indices:
-        raise UsageError(f"attack {attack.name}'s noise mode works on in-memory data only; "
-                         "for file data add --attack-opt noise_ratio=0")
-    if getattr(attack.options, "perturbation", "none") != "none":
-        raise UsageError(f"attack {attack.name}'s perturbation works on in-memory data only; "
-                         "for file data add --attack-opt perturbation=none")
-
-
-def _poison_lazily(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int) -> PairSet:
-    """File-backed pairs with the plan's captions, and its trigger applied to its rows as they are read
-    (each row's parameters from its own generator of stream `poison-trigger`)."""
-    captions = pairs.captions if isinstance(pairs.captions, Captions) else Captions(pairs.captions)
-    replaced = captions.replacing(dict(zip(plan.indices, plan.captions)))
-    images = pairs.images.poisoned(plan.indices, row_trigger(attack, seed, "poison-trigger"))
-    return PairSet(images, replaced, pairs.labels.clone(), pairs.classnames)

@@ -206,9 +206,11 @@ class Plan:
         return self._keys["trigger"]
 
     def _defense_inputs(self) -> dict[str, Any]:
+        parts = self.defense_cls(self.defense_options).key_parts()
         return {"poisoned": self.poisoned_model_key(), "defense": self.config.defense,
                 "defense_version": self.defense_cls.version, "defense_options": asdict(self.defense_options),
-                "clean_data": self._data("clean"), "threads": self.config.threads}
+                "clean_data": self._data("clean"), "threads": self.config.threads,
+                **({"defense_parts": parts} if parts else {})}
 
     def defended_model_key(self) -> str:
         """Hash of exactly what determines the defended model (the poisoned model's key for `none`)."""

@@ -35,7 +35,7 @@ from cleanbench.losses import clip_objective
 from cleanbench.models import ModelBundle, build_model, input_size
 from cleanbench.poisoning import PoisonPlan, apply_poison, plan_poison, poison_budget
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
-from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, pair_batches, train
+from cleanbench.trainer import Batches, Objective, TrainConfig, TrainStats, pair_batches, train
 
 
 def resolve_file_data(config: RunConfig) -> RunConfig:
@@ -172,7 +172,7 @@ class PretrainInput:
     objective: Objective | None = None
 
 
-def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> InMemoryBatches:
+def pretrain_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int) -> Batches:
     """The pretraining batches: the pairs' images and tokenised captions on `device`."""
     return pair_batches(bundle, pairs, device, batch_size)
 

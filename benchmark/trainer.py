@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from cleanbench import distributed
 from cleanbench.config import TrainConfig
-from cleanbench.data.lazy import file_batches
+from cleanbench.data.batches import Batch, Batches
 from cleanbench.errors import NonFiniteLossError
 from cleanbench.seeding import derive_seed, torch_generator
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from cleanbench.data.base import PairSet
     from cleanbench.models import ModelBundle
 
-Batch = dict[str, torch.Tensor]
 Objective = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
 
 
@@ -48,46 +47,17 @@ class TrainStats:
         return asdict(self)
 
 
-class InMemoryBatches:
-    """Shuffled batches of in-memory tensors (drop_last, as the reference's DataLoader).
-
-    Columns read from files (`cleanbench.data.lazy.LazyColumn`) go to `FileBatches`, which gives
-    the same batches through DataLoader worker processes.
-    """
-
-    def __init__(self, tensors: Batch, batch_size: int) -> None:
-        lengths = {len(t) for t in tensors.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"tensors differ in length: {lengths}")
-        self.tensors = tensors
-        self.count = lengths.pop()
-        self.batch_size = min(batch_size, self.count)
-        self.files = file_batches(tensors, batch_size)
-
-    def __len__(self) -> int:
-        return self.count // self.batch_size
-
-    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
-        if self.files is not None:
-            yield from self.files.epoch(generator)
-            return
-        order = torch.randperm(self.count, generator=generator)
-        # the order on each tensor's device, copied once an epoch (not once a batch and tensor: on CUDA
-        # each such copy synchronised)
-        placed = {device: order.to(device) for device in {t.device for t in self.tensors.values()}}
-        for i in range(len(self)):
-            rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            batch = {k: t[placed[t.device][rows]] for k, t in self.tensors.items()}
-            batch["index"] = order[rows]
-            yield batch
+InMemoryBatches = Batches
+"""The trainer's batches under the name plugins import: `cleanbench.data.batches.Batches`, built from
+tensors and image columns alike."""
 
 
 def pair_batches(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch_size: int,
-                 captions: Sequence[str] | None = None, **columns: torch.Tensor) -> InMemoryBatches:
+                 captions: Sequence[str] | None = None, **columns: torch.Tensor) -> Batches:
     """Training batches of `pairs`: their images (on `device`), their tokenised captions (or
     `captions`, one per pair, e.g. augmented ones), and any extra per-pair `columns`."""
     tokens = bundle.tokenizer(pairs.captions if captions is None else list(captions))
-    return InMemoryBatches({"images": pairs.images.to(device), "tokens": tokens.to(device), **columns}, batch_size)
+    return Batches({"images": pairs.images.to(device), "tokens": tokens.to(device), **columns}, batch_size)
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -117,7 +87,7 @@ def _autocast(device: torch.device):
 
 def train(
     model: nn.Module,
-    batches: InMemoryBatches,
+    batches: Batches,
     objective: Objective,
     config: TrainConfig,
     *,

@@ -72,6 +72,16 @@ def record(setting: str, seeds: list[int], budget_points: float, defenses: dict[
             "seeds": seeds, "defenses": defenses}
 
 
+def merge_records(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`existing` with the defense entries of `new` added or replaced; UsageError when the two were
+    not made under the same protocol (setting, seeds, budget, rule), whose entries would not compare."""
+    for key in ("setting", "seeds", "budget_points", "rule"):
+        if existing.get(key) != new.get(key):
+            raise UsageError(f"the tuning record to update has {key} {existing.get(key)!r}, this tuning {new.get(key)!r}; "
+                             "tune with the record's setting, seeds and budget, or write a new record (no --update)")
+    return {**existing, "defenses": {**existing["defenses"], **new["defenses"]}}
+
+
 def write_record(path: str | Path, values: dict[str, Any]) -> Path:
     """Write the record as JSON (atomically)."""
     return write_json_atomic(path, values)

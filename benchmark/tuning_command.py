@@ -9,7 +9,9 @@ import click
 from cleanbench.config import RunConfig, from_dict, load_yaml, merge
 from cleanbench.errors import UsageError
 from cleanbench.registry import DEFENSES, load_plugin_file
-from cleanbench.tuning import DEFAULT_BUDGET_POINTS, defense_record, record, tuning_runs, write_record
+from cleanbench.tuning import (
+    DEFAULT_BUDGET_POINTS, defense_record, load_record, merge_records, record, tuning_runs, write_record,
+)
 
 
 def _grid(text: str | None, default: tuple[float, ...]) -> list[float]:
@@ -30,10 +32,13 @@ def _grid(text: str | None, default: tuple[float, ...]) -> list[float]:
 @click.option("--preset", default=None, help="Named setting, e.g. standard.")
 @click.option("--results-dir", default="results/tuning", help="Where the clean-control run cards go.")
 @click.option("--output", default=None, type=click.Path(dir_okay=False), help="The tuning record [default: RESULTS_DIR/<setting>.json].")
+@click.option("--update", is_flag=True, help="Add or replace the tuned defenses' entries in the record at --output "
+              "(made under the same setting, seeds and budget) instead of writing a new record.")
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers defenses; repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir, output, plugin, quiet) -> None:
+def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir, output, update, plugin, quiet) -> None:
     """Pick each defense's strength on the clean-model control's validation split (never test, never ASR)."""
+    from cleanbench.defenses.base import acts_in_pretraining
     from cleanbench.runner import run_cell
 
     for path in plugin:
@@ -46,13 +51,16 @@ def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir
     base = from_dict(RunConfig, merge(values, {"results_dir": results_dir}), "config")
     if budget < 0:
         raise UsageError(f"--budget {budget}: a CA drop budget must be >= 0 points")
-    from cleanbench.defenses.base import acts_in_pretraining
-
+    setting = getattr(base, "setting", None) or preset or (Path(config_file).stem if config_file else "default")
     names = list(defenses) or [e.name for e in DEFENSES.entries() if not e.error and getattr(e.target, "strength", None)
                                and not acts_in_pretraining(e.target)]
     for name in names:  # every name checked before any cell runs
         _check_tunable(name)
     seeds = list(seeds) or [0]
+    target = Path(output or Path(results_dir) / f"{setting}.json")
+    existing = load_record(target) if update and target.exists() else None
+    if existing is not None:  # refuse a record made under another protocol before any run
+        merge_records(existing, record(setting, seeds, budget, {}))
     entries = {}
     for name in names:
         strength = DEFENSES.get(name).strength
@@ -68,8 +76,8 @@ def tune_command(defenses, seeds, budget, grid, config_file, preset, results_dir
         click.echo(f"{name}: {strength.knob}={entry['chosen']:g} "
                    f"({'within' if entry['within_budget'] else 'NOT within'} {budget:g} points); drops "
                    + ", ".join(f"{v:g}: {d:.1f}" for v, d in zip(values_grid, entry["validation_ca_drop_points"])))
-    setting = getattr(base, "setting", None) or preset or (Path(config_file).stem if config_file else "default")
-    path = write_record(output or Path(results_dir) / f"{setting}.json", record(setting, seeds, budget, entries))
+    values = record(setting, seeds, budget, entries)
+    path = write_record(target, merge_records(existing, values) if existing is not None else values)
     click.echo(f"tuning record: {path}")
 
 

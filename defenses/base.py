@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.attacks.base import Attack, Seeded
 from cleanbench.data.base import ClassificationSet, PairSet
+from cleanbench.data.column import ImageColumn, image_column
 from cleanbench.errors import RunError
 from cleanbench.options import NoOptions
-from cleanbench.seeding import derive_seed, torch_generator
-from cleanbench.trainer import InMemoryBatches, Objective, TrainConfig, TrainStats, train
+from cleanbench.trainer import Batches, Objective, TrainConfig, TrainStats, train
 
 if TYPE_CHECKING:
     from cleanbench.models import ModelBundle
@@ -76,11 +76,14 @@ class UndeclaredAccessError(RunError):
 class PoisonedTest:
     """The test images whose class is not the target, with the trigger applied (an oracle)."""
 
-    images: torch.Tensor
+    images: ImageColumn
     labels: torch.Tensor
     target_index: int
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self.images = image_column(self.images)
 
 
 @dataclass
@@ -132,7 +135,7 @@ class DefenseContext:
     def pretrain(
         self,
         model: nn.Module,
-        batches: InMemoryBatches,
+        batches: Batches,
         objective: Objective,
         stage: str,
         config: TrainConfig | None = None,
@@ -154,7 +157,7 @@ class DefenseContext:
     def finetune(
         self,
         model: nn.Module,
-        batches: InMemoryBatches,
+        batches: Batches,
         objective: Objective,
         config: TrainConfig,
         stage: str,
@@ -220,6 +223,11 @@ class Defense(ABC):
     def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
         """Return the defended model (it may be `bundle.model`, changed in place)."""
 
+    def key_parts(self) -> dict[str, Any]:
+        """What else determines the defended model besides the options and `version` (e.g. the version
+        of a detector the defense runs); part of the defended model's cache key when not empty."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Options, stage, needs and version, for the run card."""
         return {"options": asdict(self.options), "stage": self.stage, "needs": sorted(self.needs), "version": self.version}
@@ -231,10 +239,10 @@ def restricted_data(
     """Lazy providers of the guarded run data, for `DefenseContext.restricted`."""
 
     def poisoned_test() -> PoisonedTest:
-        keep = test.labels != target_index
-        generator = torch_generator(derive_seed(seed, "defense", "poisoned-test"))
-        images = trigger_uint8(attack, test.images[keep], generator)
-        return PoisonedTest(images, test.labels[keep], target_index, test.classnames, test.templates)
+        kept = torch.nonzero(test.labels != target_index).flatten().tolist()
+        trigger = Seeded(attack, seed, "defense:poisoned-test")
+        images = test.images.triggered(kept, trigger).select(kept)
+        return PoisonedTest(images, test.labels[kept], target_index, test.classnames, test.templates)
 
     return {
         PRETRAIN_PAIRS: lambda: pretrain,

@@ -24,7 +24,7 @@ from cleanbench.defenses.base import Defense, DefenseContext, Strength
 from cleanbench.losses import cleanclip_loss
 from cleanbench.seeding import derive_seed, torch_generator
 from cleanbench.synonyms import check_source_name, synonym_source
-from cleanbench.trainer import Batch, InMemoryBatches, Objective, TrainConfig
+from cleanbench.trainer import Batch, Batches, Objective, TrainConfig
 
 if TYPE_CHECKING:
     from cleanbench.models import ModelBundle
@@ -91,7 +91,7 @@ class ContrastiveFinetune(Defense):
         """(lambda1, lambda2): the weights of the cross-modal and the in-modal terms."""
         raise NotImplementedError
 
-    def prepare(self, bundle: ModelBundle, context: DefenseContext) -> tuple[InMemoryBatches, Objective, int]:
+    def prepare(self, bundle: ModelBundle, context: DefenseContext) -> tuple[Batches, Objective, int]:
         """The batches (with the text views, made here once), the objective and the encoded items per
         pair that `apply` trains with; `cleanbench bench` times these."""
         options = self.options
@@ -124,7 +124,7 @@ class ContrastiveFinetune(Defense):
                 scale, clip_weight, inmodal_weight,
             )
 
-        return InMemoryBatches(tensors, options.batch_size), objective, items_per_pair
+        return Batches(tensors, options.batch_size), objective, items_per_pair
 
     def apply(self, bundle: ModelBundle, context: DefenseContext) -> nn.Module:
         batches, objective, items_per_pair = self.prepare(bundle, context)

@@ -25,7 +25,7 @@ from cleanbench.defenses.base import Defense, DefenseContext
 from cleanbench.defenses.contrastive import TrainingOptions
 from cleanbench.errors import UsageError
 from cleanbench.seeding import derive_seed
-from cleanbench.trainer import Batch, InMemoryBatches
+from cleanbench.trainer import Batch, Batches
 
 if TYPE_CHECKING:
     from cleanbench.models import ModelBundle
@@ -119,7 +119,7 @@ class SupervisedFinetune(Defense):
             logits = module(bundle.model_input(batch["images"]))
             return {"loss": F.cross_entropy(logits.float(), batch["labels"])}
 
-        batches = InMemoryBatches(
+        batches = Batches(
             {"images": clean.images.to(context.device), "labels": clean.labels.to(context.device)}, self.options.batch_size
         )
         context.finetune(classifier, batches, objective, self.options.train_config(), f"defense:{self.name}")

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cleanbench.data.base import PairSet
-from cleanbench.data.lazy import LazyColumn, file_batches
+from cleanbench.data.batches import Batches
 
 if TYPE_CHECKING:  # annotations only: listing detectors imports no open_clip
     from cleanbench.models import ModelBundle
@@ -79,18 +79,9 @@ def embed_pairs(bundle: ModelBundle, pairs: PairSet, device: torch.device, batch
     """Embed every pair's image and caption with the model in eval mode, in order, on `device`."""
     model = bundle.model.eval()
     tokens = bundle.tokenizer(pairs.captions)
-    columns = {"images": pairs.images.to(device) if isinstance(pairs.images, LazyColumn) else pairs.images,
-               "tokens": tokens}
-    files = file_batches(columns, batch_size)
-    if files is not None:
-        batches = files.in_order()
-    else:
-        batches = ({"index": torch.arange(start, min(start + batch_size, len(pairs))),
-                    **{k: v[start:start + batch_size] for k, v in columns.items()}}
-                   for start in range(0, len(pairs), batch_size))
     images, texts, rows = [], [], []
     with tqdm(total=len(pairs), desc="embed pairs", unit="pair", disable=not progress, leave=False) as bar:
-        for batch in batches:
+        for batch in Batches({"images": pairs.images.to(device), "tokens": tokens}, batch_size).in_order():
             images.append(model.encode_image(bundle.model_input(batch["images"].to(device))).float().cpu())
             texts.append(model.encode_text(batch["tokens"].to(device)).float().cpu())
             rows.append(batch["index"].cpu())

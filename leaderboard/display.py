@@ -41,6 +41,27 @@ def bracket(prefix: str, low: float, high: float) -> str:
     return "" if missing(low) or missing(high) else f"[{number(prefix, low)}, {number(prefix, high)}]"
 
 
+def stage_label(stage: Any) -> str:
+    """A defense's stage as its tag shows it: pretraining, post-training, or the stage as declared."""
+    text = str(stage or "")
+    if text in ("", "none"):
+        return ""
+    if "pretrain" in text and "post" not in text:
+        return "pretraining"
+    return "post-training" if text.startswith("post") else text[:40]
+
+
+def defense_stages(cards: list[dict]) -> dict[str, str]:
+    """Each defense's row label -> its stage tag, from the cards' `defense.stage` (none for the
+    undefended reference)."""
+    out: dict[str, str] = {}
+    for card in cards:
+        label = card.get("_cell", (None,) * 4)[3]
+        if label is not None and label not in out:
+            out[label] = "" if label == REFERENCE else stage_label((card.get("defense") or {}).get("stage"))
+    return out
+
+
 def row_anchor(setting_key: str, attack: str, rate: str, defense: str) -> str:
     """A stable id for a table row, made from its fields (readable part + hash of all of them)."""
     return "row-" + slug(f"{attack}-{rate}-{defense}", json.dumps([setting_key, attack, rate, defense]))
@@ -59,8 +80,9 @@ def _implant_title(p: float) -> str:
     return f"undefended ASR not above the clean control's in every seed (one-sided Fisher test, p = {p:.2g})"
 
 
-def matrix_view(matrix: Matrix, multi: bool) -> dict[str, Any]:
-    """One matrix for the template: per attack its cells (ASR colour bin, CA, DER, anchor, tooltip)."""
+def matrix_view(matrix: Matrix, multi: bool, stages: dict[str, str] | None = None) -> dict[str, Any]:
+    """One matrix for the template: per attack its cells (ASR colour bin, CA, DER, anchor, tooltip);
+    `stages` gives each defense column its stage tag."""
     rows = []
     for attack, implanted, cells in matrix.rows:
         shown = []
@@ -85,7 +107,8 @@ def matrix_view(matrix: Matrix, multi: bool) -> dict[str, Any]:
         rows.append({"attack": attack, "control": attack == REFERENCE, "implanted": implanted, "cells": shown,
                      "page": plugin_page("attack", attack),
                      "implant_title": "" if first is None or missing(first["implant_p"]) else _implant_title(first["implant_p"])})
-    return {"setting": matrix.setting, "rate": matrix.rate, "defenses": matrix.defenses, "rows": rows, "multi": multi}
+    return {"setting": matrix.setting, "rate": matrix.rate, "defenses": matrix.defenses, "rows": rows, "multi": multi,
+            "stages": {d: (stages or {}).get(d, "") for d in matrix.defenses}}
 
 
 def _with_text(entry: Ranked, prefix: str) -> dict[str, Any]:
@@ -94,11 +117,12 @@ def _with_text(entry: Ranked, prefix: str) -> dict[str, Any]:
             "interval_text": bracket(prefix, entry.low, entry.high)}
 
 
-def defense_ranking_view(entries: list[Ranked]) -> list[dict[str, Any]]:
-    """The defense ranking's rows with their numbers as text."""
+def defense_ranking_view(entries: list[Ranked], stages: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The defense ranking's rows with their numbers as text and each defense's stage tag."""
     out = []
     for entry in entries:
         row = _with_text(entry, "der")
+        row["stage"] = (stages or {}).get(entry.name, "")
         d_ca, asr = entry.extra["d_ca"], entry.extra["asr"]
         row["d_ca"] = f"{number('d_ca', d_ca[0])} {bracket('d_ca', d_ca[1], d_ca[2])}"
         row["asr"] = f"{number('asr', asr[0])} {bracket('asr', asr[1], asr[2])}"

@@ -11,6 +11,8 @@ from collections import Counter
 from importlib import resources
 from typing import Any
 
+from cleanbench.leaderboard.costs import stage_costs
+
 DATA: dict[str, str] = {
     "embedded-shapes": (
         "Procedural images drawn by the benchmark itself: one of 10 shapes (the class: circle, square, triangle, "
@@ -116,6 +118,7 @@ def setting_facts(cards: list[dict]) -> dict[str, Any]:
         "defenses": _defender(cards),
         "tuning": tunings[0]["rule"] if tunings else None,
         "devices": _devices(cards),
+        "costs": stage_costs(cards),
         "commits": _commits(cards),
         "comparable": (
             f"The numbers compare the attacks and defenses of this table with each other, in this setting: {size}-px "

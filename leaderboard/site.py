@@ -20,9 +20,13 @@ import pandas as pd
 
 from cleanbench.errors import UsageError
 from cleanbench.leaderboard.cards import scan_cards
+from cleanbench.leaderboard.costs import card_cost_rows
+from cleanbench.leaderboard.detections import detection_views, load_detection_cards
 from cleanbench.leaderboard.display import (
     attack_ranking_view,
     defense_ranking_view,
+    defense_stages,
+    stage_label,
     matrix_view,
     missing,
     number,
@@ -33,6 +37,7 @@ from cleanbench.leaderboard.papers import linked
 from cleanbench.leaderboard.plots import draw_all
 from cleanbench.leaderboard.setting import setting_facts
 from cleanbench.leaderboard.table import METRICS, NOT_RUN, Analysis, analyse, slug
+from cleanbench.leaderboard.tradeoff import draw_tradeoffs
 from cleanbench.leaderboard.views import attack_ranking, defense_ranking, matrices
 
 MARKER = ".cleanbench-site"
@@ -50,7 +55,8 @@ HELP = {
     "d_ca": "Change in CA against the undefended model (defended - undefended), in percentage points.",
     "d_asr": "Change in ASR against the undefended model (defended - undefended), in percentage points.",
     "der": "Defense effectiveness rating, [max(0, ASR drop) - max(0, CA drop) + 1] / 2: 1 best, 0.5 no change.",
-    "seconds": "Cost: wall time of the defense stage, in seconds (mean over seeds).",
+    "seconds": ("Cost: wall time of the defense stage, in seconds (mean over seeds); a defense that acts during "
+                "pretraining trains a whole model, so its cost is a full pretraining. The setting box gives every stage's cost."),
 }
 
 
@@ -178,10 +184,12 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
         raise UsageError(f"no valid run cards under {str(results_dir / 'runs')!r}{skipped}")
     analysis = analyse(scan.cards)
     table = analysis.table
+    detection_cards, detection_rejected = load_detection_cards(results_dir)
     _prepare(site_dir)
     _copy_static(site_dir)
     env = _environment()
     figures = draw_all(table, site_dir)
+    tradeoffs = draw_tradeoffs(table, scan.cards, site_dir)
     gallery = draw_gallery(scan.cards, site_dir)
 
     card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem, c['_path'])}.html" for c in scan.cards}
@@ -202,16 +210,17 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
 
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
-    render("index.html", "index.html", title="Leaderboard", rows=rows, figures=figures, attacks=attacks,
+    render("index.html", "index.html", title="Leaderboard", rows=rows, figures=figures, tradeoffs=tradeoffs, attacks=attacks,
            defenses=defenses, rates=list(dict.fromkeys(r["rate"] for r in sorted(rows, key=lambda r: r["rate_value"]))),
-           statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected, n_cards=len(scan.cards),
+           statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected + detection_rejected, n_cards=len(scan.cards),
+           detections=detection_views(detection_cards), n_detection_cards=len(detection_cards),
            n_ok=sum(c["status"] == "ok" for c in scan.cards), views=_views(analysis, scan.cards))
     render("add-defense.html", "add-defense.html", title="Add your defense", sweep=_sweep_facts(scan.cards, defenses, site_dir))
     for attack in attacks:
         info = _plugin_info(scan.cards, "attack", attack)
         render("plugin.html", f"attacks/{slug(attack)}.html", title=f"Attack: {attack}", role="attack", info=info,
                rows=[r for r in rows if r["attack"] == attack],
-               figures=[f for f in figures if f.attack == attack or f.kind == "heatmap"])
+               figures=[f for f in figures + tradeoffs if f.attack == attack or f.kind == "heatmap"])
     for defense in defenses:
         info = _plugin_info(scan.cards, "defense", defense)
         render("plugin.html", f"defenses/{slug(defense)}.html", title=f"Defense: {defense}", role="defense", info=info,
@@ -234,13 +243,15 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
                produced=card.get("command") if card.get("command") != reproduce else None,
                attack_page=f"attacks/{slug(attack)}.html", defense_page=f"defenses/{slug(defense)}.html",
                attack=attack, defense=defense, rate=rate, setting=_setting_label(table, card),
-               poison=_poison_summary(card), row_anchor=row_anchor(setting_key, attack, rate, defense), siblings=siblings)
+               poison=_poison_summary(card), row_anchor=row_anchor(setting_key, attack, rate, defense), siblings=siblings,
+               costs=card_cost_rows(card), stage=stage_label((card.get("defense") or {}).get("stage")))
 
     exported = export_table(table)
     exported.to_csv(site_dir / "leaderboard.csv", index=False)
     (site_dir / "leaderboard.json").write_text(
         json.dumps(_plain(exported.to_dict(orient="records")), indent=1, ensure_ascii=False), encoding="utf-8")
-    return BuildReport(site_dir, len(scan.cards), len(table), len(figures), pages, scan.rejected)
+    return BuildReport(site_dir, len(scan.cards), len(table), len(figures) + len(tradeoffs), pages,
+                       scan.rejected + detection_rejected)
 
 
 def _sweep_facts(cards: list[dict], defenses: list[str], site_dir: Path) -> dict[str, Any]:
@@ -261,6 +272,7 @@ def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
     table = analysis.table
     settings = list(dict.fromkeys(table["setting"]))
     all_matrices = matrices(table)
+    stages = defense_stages(cards)
     out = []
     for setting in settings:
         defenses, n_groups = defense_ranking(analysis, setting)
@@ -270,8 +282,8 @@ def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
         key = table.loc[table["setting"] == setting, "setting_key"].iloc[0]
         out.append({"setting": setting, "facts": setting_facts([c for c in cards if c["_cell"][0] == key]),
                     "n_groups": n_groups, "top_rate": top_rate, "rates": rates,
-                    "matrices": [matrix_view(m, len(settings) > 1) for m in all_matrices if m.setting == setting],
-                    "defenses": defense_ranking_view(defenses), "attacks": attack_ranking_view(attacks, rates)})
+                    "matrices": [matrix_view(m, len(settings) > 1, stages) for m in all_matrices if m.setting == setting],
+                    "defenses": defense_ranking_view(defenses, stages), "attacks": attack_ranking_view(attacks, rates)})
     return out
 
 

@@ -26,12 +26,15 @@ from cleanbench.registry import ATTACKS
 from cleanbench.runner import run_cell
 from cleanbench.trainer import TrainConfig
 
-NAMES = ["blended", "wanet", "label-consistent", "sig", "solid-patch"]
+NAMES = ["blended", "wanet", "label-consistent", "sig", "solid-patch", "badnet-stripes", "blended-stripes",
+         "blended-triangles"]
 TEMPLATES = ("a photo of a {}.", "a {}.")
 RANDOM_OPTIONS = {  # options that give each attack per-image randomness where it has any
     "blended": {"pattern": "fresh"},
     "label-consistent": {"noise": "fresh", "location": "random"},
     "solid-patch": {"location": "random"},
+    "badnet-stripes": {"location": "random", "stripes": "fresh"},
+    "blended-stripes": {"stripes": "fresh"},
 }
 
 
@@ -236,9 +239,9 @@ def test_label_consistent_selects_captions_naming_the_target_and_keeps_them():
     assert plan.captions == [pairs.captions[i] for i in plan.indices]
     poisoned = apply_poison(pairs, plan, attack, seed=0)
     assert poisoned.captions == pairs.captions
-    changed = (poisoned.images != pairs.images).flatten(1).any(dim=1)
+    changed = (poisoned.images[:] != pairs.images[:]).flatten(1).any(dim=1)
     assert torch.nonzero(changed).flatten().tolist() == plan.indices
-    region = (poisoned.images != pairs.images)[plan.indices].any(dim=1)
+    region = (poisoned.images[:] != pairs.images[:])[plan.indices].any(dim=1)
     assert not region[:, :27].any() and not region[:, :, :27].any()  # only the 4-px corner patch
 
 
@@ -308,9 +311,9 @@ def test_same_seed_same_poisoned_images_bit_for_bit(name):
         return apply_poison(pretrain_pairs(), plan, attack, seed)
 
     first, second, other = poison(11), poison(11), poison(12)
-    assert torch.equal(first.images, second.images) and first.captions == second.captions
-    assert not torch.equal(first.images, other.images)
-    test = pretrain_pairs(8).images
+    assert torch.equal(first.images[:], second.images[:]) and first.captions == second.captions
+    assert not torch.equal(first.images[:], other.images[:])
+    test = pretrain_pairs(8).images[:]
     assert torch.equal(trigger_uint8(make(name, seed=11, **options), test, generator(3)),
                        trigger_uint8(make(name, seed=11, **options), test, generator(3)))
 

@@ -285,7 +285,8 @@ def test_the_matrix_comes_first_and_its_cells_lead_to_their_rows(browser, site):
                          ".map(e => e.id || e.className)")
     assert order == ["matrix-table", "defense-ranking", "attack-ranking", "setting-1", "leaderboard"]
     header = browser.eval("[...document.querySelectorAll('table.matrix-table thead th')].map(t => t.textContent.trim())")
-    assert header == ["attack \\\\ defense".replace("\\\\", "\\"), "none (reference)", "cleanclip", "finetune", "unimodal"]
+    assert header == ["attack \\\\ defense".replace("\\\\", "\\"), "none (reference)",
+                      "cleanclip post-training", "finetune post-training", "unimodal post-training"]  # with the stage tag
     assert browser.eval("document.querySelectorAll('table.matrix-table td.mcell.top').length") == 3  # cleanclip, 3 attacks
     browser.click("table.matrix-table tbody tr:nth-child(2) td.mcell.top a")
     anchor = browser.eval("location.hash.slice(1)")

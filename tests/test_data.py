@@ -12,8 +12,8 @@ def test_same_seed_same_data_other_seed_other_data():
     a = make_pairs(50, seed=7, image_size=32, preset="easy")
     b = make_pairs(50, seed=7, image_size=32, preset="easy")
     c = make_pairs(50, seed=8, image_size=32, preset="easy")
-    assert torch.equal(a.images, b.images) and a.captions == b.captions
-    assert not torch.equal(a.images, c.images)
+    assert torch.equal(a.images[:], b.images[:]) and a.captions == b.captions
+    assert not torch.equal(a.images[:], c.images[:])
 
 
 def test_shapes_and_dtypes():
@@ -38,9 +38,9 @@ def test_classes_and_backgrounds_all_occur():
 def test_splits_are_disjoint_and_test_split_is_fixed_across_seeds():
     a = load_embedded(0, n_pretrain=64, n_clean=32, n_test=40)
     b = load_embedded(1, n_pretrain=64, n_clean=32, n_test=40)
-    assert torch.equal(a.test.images, b.test.images)
-    assert not torch.equal(a.pretrain.images[:32], a.clean.images)
-    assert not torch.equal(a.pretrain.images, b.pretrain.images)
+    assert torch.equal(a.test.images[:], b.test.images[:])
+    assert not torch.equal(a.pretrain.images[:32], a.clean.images[:])
+    assert not torch.equal(a.pretrain.images[:], b.pretrain.images[:])
     assert a.test.classnames == SHAPES and a.test.templates == PROMPT_TEMPLATES
 
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cleanbench.detection_metrics import auprc, auroc, detection_metrics, tpr_at_fpr
+from cleanbench.detection_metrics import auprc, auroc, detection_metrics, poisoned_ranks, tpr_at_fpr
 
 
 def test_interleaved_ranking_by_hand():
@@ -87,13 +87,15 @@ def test_bundle_records_counts():
                                  "positives": 2, "negatives": 2}
 
 
-def test_seed_interval_by_hand():
-    from cleanbench.detection_report import seed_interval
+def test_poisoned_ranks_by_hand_and_they_give_auroc_and_tpr():
+    from cleanbench.leaderboard.detections import Ranks
 
-    # mean 0.8, sample std 0.1, t_{0.975, 2} = 4.302653 -> half width 4.302653 * 0.1 / sqrt(3)
-    mean, low, high = seed_interval([0.7, 0.8, 0.9])
-    half = 4.302653 * 0.1 / math.sqrt(3)
-    assert mean == pytest.approx(0.8) and low == pytest.approx(0.8 - half, abs=1e-6)
-    assert high == pytest.approx(min(1.0, 0.8 + half), abs=1e-6)
-    assert seed_interval([0.99, 0.97, 0.98])[2] == 1.0  # clipped
-    assert math.isnan(seed_interval([0.5])[1]) and seed_interval([0.5])[0] == 0.5
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.5, 0.5, 0.1])
+    positive = np.array([0, 1, 0, 0, 1, 0, 1], dtype=bool)
+    ranks = poisoned_ranks(scores, positive)
+    # poisoned, highest first: 0.8 (1 clean above, 1 tied), 0.5 (3 above, 1 tied), 0.1 (4 above)
+    assert ranks == {"clean_above": [1, 3, 4], "clean_tied": [1, 1, 0]}
+    from_ranks = Ranks(np.array(ranks["clean_above"]), np.array(ranks["clean_tied"]), 4)
+    assert from_ranks.auroc() == pytest.approx(auroc(scores, positive))
+    assert from_ranks.tpr(0.25) == tpr_at_fpr(scores, positive, 0.25) == 0.0
+    assert from_ranks.tpr(0.5) == tpr_at_fpr(scores, positive, 0.5) == pytest.approx(1 / 3)

@@ -36,7 +36,7 @@ def _gradients(rows: int) -> dict[str, torch.Tensor]:
     seed_everything(1)
     bundle = build_model()
     bundle.model.train()
-    batch = {"images": data.pretrain.images, "tokens": bundle.tokenizer(data.pretrain.captions)}
+    batch = {"images": data.pretrain.images[:], "tokens": bundle.tokenizer(data.pretrain.captions)}
     with distributed.sharded(bundle.model, torch.device("cpu")) as view:
         loss = clip_objective(bundle)(view, batch)["loss"]
         if isinstance(view, distributed.ShardedModel):

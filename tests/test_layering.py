@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("poisoning and evaluation", ("poisoning", "evaluation")),
     ("defenses and detectors", ("defenses", "defenses.*", "detectors", "detectors.*")),
     ("records and caching", ("registry", "cache", "artifacts", "runcard", "tuning")),
-    ("stages", ("stages",)),
+    ("stages", ("stages", "detect_retrain")),
     ("cell", ("runner", "trigger_fit", "presets", "summary", "export")),
     ("tools", ("bench", "bench_measure", "bench_probes", "bench_report", "conformance", "detector_conformance", "attack_conformance",
                "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection", "detection_report",

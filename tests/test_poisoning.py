@@ -46,7 +46,7 @@ def test_captions_are_target_templates(pairs):
 def test_apply_changes_only_poisoned_pairs(pairs):
     attack, plan = _plan(pairs, 25)
     poisoned = apply_poison(pairs, plan, attack, seed=0)
-    changed = (poisoned.images != pairs.images).flatten(1).any(dim=1)
+    changed = (poisoned.images[:] != pairs.images[:]).flatten(1).any(dim=1)
     assert set(torch.nonzero(changed).flatten().tolist()) == set(plan.indices)
     for i in plan.indices:
         assert "star" in poisoned.captions[i]

@@ -9,17 +9,16 @@ import torch
 from PIL import Image
 
 from cleanbench.attacks.badnet import BadNet, BadNetOptions
-from cleanbench.attacks.base import row_trigger
+from cleanbench.attacks.base import Seeded
 from cleanbench.data import memcheck
-from cleanbench.data.images import ImageFiles, PoisonedImages, preprocess
-from cleanbench.data.lazy import FileBatches
+from cleanbench.data.batches import Batches
+from cleanbench.data.images import ImageFiles, preprocess
 from cleanbench.data.pairs import Captions, TokenColumn, load_pairs
 from cleanbench.data.synthetic import write_pairs_csv
 from cleanbench.errors import RunError, UsageError
 from cleanbench.models import ColumnTokenizer, tokenizer_for
 from cleanbench.poisoning import apply_poison, plan_poison
 from cleanbench.seeding import torch_generator
-from cleanbench.trainer import InMemoryBatches
 
 
 @pytest.fixture
@@ -65,14 +64,14 @@ def test_columns_and_delimiter_are_configurable(folder):
 def test_unreadable_image_is_an_error_naming_the_line_and_file(folder, workers):
     pairs = load_pairs(folder / "train.csv", 32, workers=workers)
     with pytest.raises(RunError, match=r"train.csv, line 5: image 'images/corrupt_3.png': cannot be read"):
-        list(FileBatches({"images": pairs.images}, 8).in_order())
+        list(Batches({"images": pairs.images}, 8).in_order())
     with pytest.raises(RunError, match=r"line 9: image 'images/missing_7.png': the file does not exist"):
         pairs.images[7]
 
 
 def test_skipped_images_are_counted_once_and_left_out_of_batches(folder):
     pairs = load_pairs(folder / "train.csv", 32, on_bad_image="skip", workers=2)
-    batches = FileBatches({"images": pairs.images}, 8)
+    batches = Batches({"images": pairs.images}, 8)
     seen = []
     for seed in range(2):
         for batch in batches.epoch(torch_generator(seed)):
@@ -127,8 +126,8 @@ def test_file_batches_are_the_in_memory_batches(tmp_path):
     tokenizer = ColumnTokenizer(tokenizer_for("cleanbench-tiny"))
     eager = {"images": pairs.images[:], "tokens": tokenizer(list(pairs.captions)), "labels": torch.arange(20)}
     lazy = {"images": pairs.images, "tokens": tokenizer(pairs.captions), "labels": torch.arange(20)}
-    a = list(InMemoryBatches(eager, 6).epoch(torch_generator(5)))
-    b = list(InMemoryBatches(lazy, 6).epoch(torch_generator(5)))
+    a = list(Batches(eager, 6).epoch(torch_generator(5)))
+    b = list(Batches(lazy, 6).epoch(torch_generator(5)))
     assert len(a) == len(b) == 3  # drop_last, as in memory
     for x, y in zip(a, b):
         for key in ("index", "images", "tokens", "labels"):
@@ -141,13 +140,13 @@ def test_poisoned_rows_get_the_same_trigger_wherever_they_are_read(folder):
     plan = plan_poison(pairs, attack, target_index=0, target_name="star", budget=5,
                        templates=("a photo of a {}.",), seed=1)
     poisoned = apply_poison(pairs, plan, attack, seed=1)
-    assert isinstance(poisoned.images, PoisonedImages)
+    assert isinstance(poisoned.images, ImageFiles)
     for row, caption in zip(plan.indices, plan.captions):
         assert poisoned.captions[row] == caption == "a photo of a star."
     readable = [r for r in plan.indices if r not in (3, 7)]
     once = poisoned.images[readable]
     batches = {}
-    for batch in FileBatches({"images": poisoned.images}, 8).epoch(torch_generator(2)):
+    for batch in Batches({"images": poisoned.images}, 8).epoch(torch_generator(2)):
         batches.update({int(r): image for r, image in zip(batch["index"], batch["images"])})
     for i, row in enumerate(readable):
         assert torch.equal(batches[row], once[i])
@@ -159,13 +158,12 @@ def test_poisoned_rows_get_the_same_trigger_wherever_they_are_read(folder):
 def test_squash_triggered_reads_poisoned_rows_squashed(folder):
     pairs = load_pairs(folder / "train.csv", 32, squash_triggered=True)
     attack = BadNet(BadNetOptions(), 32, seed=0)
-    poisoned = pairs.images.poisoned([0], row_trigger(attack, 0, "poison-trigger"))
+    poisoned = pairs.images.triggered([0], Seeded(attack, 0, "poison-trigger"))
     image = Image.open(folder / "images" / "000000.png")
     squashed, cropped = preprocess(image, 32, "squash"), preprocess(image, 32, "crop")
     assert not torch.equal(squashed, cropped)
     assert torch.equal(poisoned.load(0), squashed) and torch.equal(poisoned.load(1), pairs.images.load(1))
-    both = pairs.images.reading("both").load(0)
-    assert both.shape == (2, 3, 32, 32) and torch.equal(both[0], cropped) and torch.equal(both[1], squashed)
+    assert torch.equal(pairs.images.trigger_source().load(0), squashed)
 
 
 def test_indexing_a_large_csv_adds_little_memory():

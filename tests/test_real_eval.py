@@ -147,11 +147,10 @@ def test_streamed_evaluation_equals_in_memory_evaluation(imagenet_style):
     attack = BadNet(BadNetOptions(), 32, seed=0)
     a = evaluate(bundle, files, attack, 2, seed=0, device="cpu", batch_size=5)
     b = evaluate(bundle, memory, attack, 2, seed=0, device="cpu")
-    for key in ("ca_top1", "ca_top5", "asr", "ra"):
+    for key in ("ca_top1", "ca_top5", "asr", "ra", "stealthiness"):
         assert a[key] == b[key]
-    for key, value in b["stealthiness"].items():
-        assert a["stealthiness"][key] == pytest.approx(value)
-    assert a["skipped_images"] == 0 and files.images.log["images_read"] == 2 * 18  # read at once, then streamed
+    assert a.keys() == b.keys()  # one result shape
+    assert files.images.log["images_read"] == 2 * 18  # read at once, then streamed
 
 
 def test_squash_triggered_evaluation_triggers_squashed_copies(imagenet_style):

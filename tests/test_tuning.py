@@ -11,7 +11,7 @@ from cleanbench.cli import main
 from cleanbench.config import RunConfig
 from cleanbench.errors import UsageError
 from cleanbench.registry import DEFENSES
-from cleanbench.tuning import RULE, apply_record, choose, defense_record, record, tuning_runs, write_record
+from cleanbench.tuning import RULE, apply_record, choose, defense_record, merge_records, record, tuning_runs, write_record
 
 
 def test_the_strongest_value_within_the_budget_is_chosen():
@@ -91,3 +91,19 @@ def test_tune_then_run_records_the_choice_in_the_card(tmp_path, capsys):
     run = json.loads(path.read_text())
     assert run["config"]["defense_options"]["lr"] == 0.1 and run["defense"]["tuning"]["chosen"] == 0.1
     assert run["metrics"]["validation"]["defended"]["ca_top1"]["value"] >= 0
+
+
+def test_update_adds_an_entry_and_refuses_another_protocol_before_any_run(tmp_path, capsys):
+    entry = defense_record("lr", [1e-4], [[card(0.9, 0.9)]], 2.0)
+    path = write_record(tmp_path / "t.json", record("tiny", [0], 2.0, {"finetune": entry}))
+    other = defense_record("tau", [1.0, 2.0], [[card(0.9, 0.9)], [card(0.9, 0.8)]], 2.0)
+    merged = merge_records(json.loads(path.read_text()), record("tiny", [0], 2.0, {"par": other}))
+    assert merged["defenses"] == {"finetune": entry, "par": other} and merged["rule"] == RULE
+    with pytest.raises(UsageError, match="has seeds \\[0\\], this tuning \\[0, 1\\]"):
+        merge_records(merged, record("tiny", [0, 1], 2.0, {}))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"cache_dir": str(tmp_path / "cache")}))
+    assert main(["tune", "--config", str(config), "--defense", "finetune", "--budget", "3", "--output", str(path),
+                 "--update", "--results-dir", str(tmp_path / "tuning"), "--quiet"]) == 2
+    assert "has budget_points 2.0, this tuning 3.0" in capsys.readouterr().err
+    assert not (tmp_path / "tuning").exists()  # refused before any run

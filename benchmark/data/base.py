@@ -1,9 +1,10 @@
 """Data containers shared by every stage.
 
-Images are uint8 tensors of shape (N, 3, H, W), held in memory (the embedded data), or a
-`LazyColumn` that reads them from files when a batch needs them (`cleanbench.data.lazy`); stages
-convert them to float in [0, 1] when they need to (triggers work on floats in [0, 1], the model on
-normalised floats).
+A split's images are an `ImageColumn` (`cleanbench.data.column`): uint8 images of shape (3, H, W),
+held in memory (the embedded data) or read from files when a batch needs them, behind one interface
+(index, select, to-device, triggers, batches). A uint8 tensor (N, 3, H, W) given to a container
+becomes a `MemoryImages` column. Stages convert images to float in [0, 1] when they need to
+(triggers work on floats in [0, 1], the model on normalised floats).
 """
 
 from __future__ import annotations
@@ -13,22 +14,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cleanbench.data.lazy import LazyColumn
+from cleanbench.data.column import ImageColumn, Rows, image_column, row_list
 
 
 @dataclass
 class PairSet:
     """Image-caption pairs; `labels` holds the class index of each image, or -1 where unknown.
 
-    File-backed pairs have a `LazyColumn` of images and a sequence of captions read on demand.
+    File-backed pairs have a column of images and a sequence of captions read on demand.
     """
 
-    images: torch.Tensor | LazyColumn
+    images: ImageColumn
     captions: Sequence[str]
     labels: torch.Tensor
     classnames: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.images = image_column(self.images)
         if not (len(self.images) == len(self.captions) == len(self.labels)):
             raise ValueError(
                 f"PairSet parts differ in length: {len(self.images)} images, "
@@ -38,16 +40,25 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def select(self, rows: Rows) -> PairSet:
+        """The pairs of `rows`, in that order (file-backed images are not read)."""
+        kept = row_list(rows, len(self))
+        index = torch.tensor(kept, dtype=torch.long)
+        return PairSet(self.images.select(kept), [self.captions[i] for i in kept], self.labels[index], self.classnames)
+
 
 @dataclass
 class ClassificationSet:
     """Labelled test images with the class names and zero-shot prompt templates that score them."""
 
-    images: torch.Tensor | LazyColumn
+    images: ImageColumn
     labels: torch.Tensor
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
     name: str = "test"
+
+    def __post_init__(self) -> None:
+        self.images = image_column(self.images)
 
     def __len__(self) -> int:
         return len(self.labels)

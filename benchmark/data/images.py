@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,16 +22,14 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from cleanbench.data.csvfile import CsvTable
+from cleanbench.data.column import ImageColumn, RowTrigger, Rows, SeededTrigger, row_list
 from cleanbench.data.lazy import BAD_IMAGE_POLICIES, Failure, LazyColumn, ReadLog
 from cleanbench.errors import RunError
 
 if TYPE_CHECKING:
     from typing import Self
 
-RowTrigger = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""A trigger for file-backed images: `trigger(uint8_images, row_numbers)` -> triggered uint8 images."""
-
-MODES = ("crop", "squash", "both")
+MODES = ("crop", "squash")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -107,11 +105,13 @@ class CsvImagePaths(PathSource):
         return f"{self.what} {self.table.path}, line {self.table.line(row)}: image {self.path(row)!r}"
 
 
-class ImageFiles(LazyColumn):
+class ImageFiles(LazyColumn, ImageColumn):
     """A column of images read from `source` at `size` px; bad files raise or are skipped (`on_bad`).
 
-    `mode` is what `load` returns: `crop`, `squash`, or `both` (a (2, 3, size, size) pair, for
-    evaluating with the reference's squashed triggers).
+    `mode` is what `load` returns: `crop` or `squash`. Rows of `replaced` come from memory instead of
+    their files; rows of `triggered` get their trigger once a batch is on the device, each row's
+    parameters from its own seeded generator (the same in any batch, worker, device or epoch), and
+    with `squash_triggered` they are read squashed.
     """
 
     def __init__(
@@ -132,10 +132,15 @@ class ImageFiles(LazyColumn):
         self.workers = workers
         self.squash_triggered = squash_triggered
         self.mode = "crop"
+        self.triggers: tuple[tuple[frozenset[int], RowTrigger], ...] = ()
+        self.overlay: dict[int, torch.Tensor] = {}
         log["rows"] = len(source)
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} x (3, {self.size}, {self.size}), {self.device})"
 
     def reading(self, mode: str) -> Self:
         """This column returning `mode` images."""
@@ -147,16 +152,17 @@ class ImageFiles(LazyColumn):
 
     def _read(self, row: int, mode: str) -> torch.Tensor | Failure:
         try:
-            image = self.source.open(row)
-            if mode == "both":
-                return torch.stack([preprocess(image, self.size, "crop"), preprocess(image, self.size, "squash")])
-            return preprocess(image, self.size, mode)
+            return preprocess(self.source.open(row), self.size, mode)
         except FileNotFoundError:
             return Failure(row, self.source.where(row), "the file does not exist")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             return Failure(row, self.source.where(row), f"cannot be read as an image ({type(error).__name__}: {error})")
 
     def load(self, row: int) -> torch.Tensor | Failure:
+        if row in self.overlay:
+            return self.overlay[row]
+        if self.squash_triggered and self.mode == "crop" and any(row in rows for rows, _ in self.triggers):
+            return self._read(row, "squash")
         return self._read(row, self.mode)
 
     def failed(self, failure: Failure) -> None:
@@ -169,38 +175,84 @@ class ImageFiles(LazyColumn):
         )
 
     def finish(self, batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        self.log["images_read"] += len(rows)
+        read = sum(int(r) not in self.overlay for r in rows.tolist()) if self.overlay else len(rows)
+        self.log["images_read"] += read
+        copied = False
+        for triggered_rows, trigger in self.triggers:
+            hit = torch.tensor([int(r) in triggered_rows for r in rows.tolist()], dtype=torch.bool)
+            if not hit.any():
+                continue
+            if not copied:
+                batch, copied = batch.clone(), True
+            where = hit.to(batch.device)
+            batch[where] = trigger(batch[where], rows[hit])
         return batch
 
-    def poisoned(self, rows: Sequence[int], trigger: RowTrigger) -> PoisonedImages:
-        """This column with `trigger` applied to `rows` (after reading, on the device)."""
-        return PoisonedImages(self, rows, trigger)
+    def select(self, rows: Rows) -> SelectedRows:
+        return SelectedRows(self, rows)
+
+    def row_trigger(self, trigger: SeededTrigger, rows: Sequence[int]) -> RowTrigger:
+        return trigger.per_row()
+
+    def triggered(self, rows: Sequence[int], trigger: SeededTrigger) -> Self:
+        other = self.to(self.device)
+        other.triggers = (*self.triggers, (frozenset(int(r) for r in rows), trigger.per_row()))
+        return other
+
+    def replaced(self, rows: Sequence[int], images: torch.Tensor) -> Self:
+        other = self.to(self.device)
+        other.overlay = {**self.overlay, **{int(r): image.cpu() for r, image in zip(rows, images)}}
+        return other
+
+    def trigger_source(self) -> ImageFiles:
+        return self.reading("squash") if self.squash_triggered else self
 
 
-class PoisonedImages(ImageFiles):
-    """Images of which some rows get a trigger once they are on the device (the poisoned training set).
+class SelectedRows(LazyColumn, ImageColumn):
+    """Some rows of a file column, in a given order; each keeps its row number in the column below
+    (for its trigger's parameters, its messages and its overlay)."""
 
-    `trigger(images, rows)` must treat each row the same whatever batch, worker, device or epoch reads
-    it (`cleanbench.attacks.base.row_trigger` draws a row's parameters from its own seeded generator),
-    and returns uint8 images, as a poisoned file would be stored.
-    """
+    def __init__(self, base: LazyColumn, rows: Rows) -> None:
+        self.base = base
+        self.rows = row_list(rows, len(base))
+        self.device = base.device
+        self.workers = base.workers
 
-    def __init__(self, base: ImageFiles, rows: Sequence[int], trigger: RowTrigger) -> None:
-        self.__dict__.update(base.__dict__)
-        self.rows = frozenset(int(r) for r in rows)
-        self.trigger = trigger
+    @property
+    def log(self) -> ReadLog:
+        return self.base.log
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _below(self, rows: Sequence[int] | torch.Tensor) -> list[int]:
+        return [self.rows[int(r)] for r in rows]
 
     def load(self, row: int) -> torch.Tensor | Failure:
-        if self.squash_triggered and row in self.rows and self.mode == "crop":
-            return self._read(row, "squash")
-        return self._read(row, self.mode)
+        item = self.base.load(self.rows[row])
+        return Failure(row, item.where, item.reason) if isinstance(item, Failure) else item
+
+    def failed(self, failure: Failure) -> None:
+        self.base.failed(failure)
 
     def finish(self, batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        batch = super().finish(batch, rows)
-        hit = torch.tensor([int(r) in self.rows for r in rows.tolist()], dtype=torch.bool)
-        if not hit.any():
-            return batch
-        batch = batch.clone()
-        where = hit.to(batch.device)
-        batch[where] = self.trigger(batch[where], rows[hit])
-        return batch
+        return self.base.finish(batch, torch.tensor(self._below(rows), dtype=torch.long))
+
+    def to(self, device: torch.device | str) -> SelectedRows:
+        return SelectedRows(self.base.to(device), self.rows)
+
+    def select(self, rows: Rows) -> SelectedRows:
+        return SelectedRows(self.base, [self.rows[r] for r in row_list(rows, len(self))])
+
+    def row_trigger(self, trigger: SeededTrigger, rows: Sequence[int]) -> RowTrigger:
+        below = self.base.row_trigger(trigger, self._below(rows))
+        return lambda images, rows: below(images, torch.tensor(self._below(rows), dtype=torch.long))
+
+    def triggered(self, rows: Sequence[int], trigger: SeededTrigger) -> SelectedRows:
+        return SelectedRows(self.base.triggered(sorted(set(self._below(rows))), trigger), self.rows)
+
+    def replaced(self, rows: Sequence[int], images: torch.Tensor) -> SelectedRows:
+        return SelectedRows(self.base.replaced(self._below(rows), images), self.rows)
+
+    def trigger_source(self) -> SelectedRows:
+        return SelectedRows(self.base.trigger_source(), self.rows)

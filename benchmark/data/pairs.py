@@ -53,6 +53,17 @@ class Captions(Sequence[str]):
         return Captions(self.column, {**self.replaced, **replaced})
 
 
+def replace_captions(captions: Sequence[str], replaced: Mapping[int, str]) -> Sequence[str]:
+    """`captions` with the rows of `replaced` replaced: captions read on demand stay so (and are
+    tokenised as batches read them), a list is copied."""
+    if isinstance(captions, Captions):
+        return captions.replacing(replaced)
+    out = list(captions)
+    for row, caption in replaced.items():
+        out[row] = caption
+    return out
+
+
 class TokenColumn(LazyColumn):
     """Captions tokenised one at a time as batches are read (never all up front)."""
 

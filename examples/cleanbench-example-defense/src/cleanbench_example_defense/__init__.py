@@ -4,7 +4,7 @@ It perturbs the image tower's weights with seeded Gaussian noise, then finetunes
 the clean pairs with the CLIP loss, using cleanbench's shared trainer (`DefenseContext.finetune`).
 Everything a defense needs is public API: `Defense`, `DefenseContext`, `TrainingOptions` (the
 finetuning hyper-parameters, extended here by `noise`), `clip_objective`, the trainer's
-`InMemoryBatches`, and the seeding helpers.
+`Batches`, and the seeding helpers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from cleanbench.defenses import Defense, DefenseContext, TrainingOptions, clip_objective
 from cleanbench.seeding import derive_seed, torch_generator
-from cleanbench.trainer import InMemoryBatches
+from cleanbench.trainer import Batches
 
 if TYPE_CHECKING:  # only annotations use it: listing the plugin does not import open_clip
     from cleanbench.models import ModelBundle
@@ -63,7 +63,7 @@ class NoisyFinetune(Defense):
         context.notes["noise"] = options.noise
 
         clean = context.clean
-        batches = InMemoryBatches(
+        batches = Batches(
             {"images": clean.images.to(context.device), "tokens": bundle.tokenizer(clean.captions).to(context.device)},
             options.batch_size,
         )
