@@ -20,7 +20,11 @@ EVAL_TRIGGER_STREAM = "eval-trigger"
 
 def attack_from_card(attack_cls: type[Attack], options: Mapping[str, Any], image_size: int, seed: int) -> Attack:
     """An attack rebuilt from a run card: its class, the resolved options the card records, the
-    setting's image size and the run seed. TypeError when the options do not fit the class."""
+    setting's image size and the run seed. TypeError when the options do not fit the class; ValueError
+    for an attack whose trigger is optimised on a surrogate (the card does not hold the trigger)."""
+    if attack_cls.needs_surrogate:
+        raise ValueError(f"attack {attack_cls.name}'s trigger is optimised on a surrogate and is not rebuilt "
+                         "from a run card; it is in the cache (attack-triggers)")
     return attack_cls(attack_cls.Options(**dict(options)), image_size, seed)
 
 

@@ -152,3 +152,10 @@ def test_detect_uses_the_runs_trigger_and_poisoned_model(tiny):
     cell = prepare_cell(DetectionPlan(config, resolve_detectors(["cosine"])), progress=False, log=lines.append)
     assert cell.model_reused and any("reused cached badclip trigger" in line for line in lines)
     assert cell.poison["indices_sha256"] == card["poison"]["indices_sha256"]
+
+
+def test_a_card_does_not_rebuild_an_optimised_trigger():
+    from cleanbench.attacks import attack_from_card
+
+    with pytest.raises(ValueError, match="optimised on a surrogate"):
+        attack_from_card(BadCLIP, {}, 32, 0)
