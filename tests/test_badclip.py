@@ -109,7 +109,7 @@ def test_a_cell_optimises_on_the_clean_control_and_caches_the_trigger(tiny):
     assert trigger["steps"] > 0 and trigger["seconds"] > 0 and not trigger["reused"]
     assert card["attack"]["fitted"] and card["costs"]["trigger_seconds"] == trigger["seconds"]
     assert 0 <= trigger["on_surrogate"]["asr"]["value"] <= 1 and trigger["on_surrogate"]["asr"]["total"] > 0
-    assert card["poison"]["example_captions"][0] in trigger["caption_examples"] or card["poison"]["count"] > 5
+    assert set(card["poison"]["example_captions"]) <= set(trigger["captions"])  # natural captions of the pool
 
     control, _ = run_cell(tiny(attack="none", defense="none", defense_options={}), progress=False, log=lambda m: None)
     assert control["artifacts"]["poisoned_model_reused"]  # the surrogate trained above is the control
