@@ -154,8 +154,13 @@ def test_detect_uses_the_runs_trigger_and_poisoned_model(tiny):
     assert cell.poison["indices_sha256"] == card["poison"]["indices_sha256"]
 
 
-def test_a_card_does_not_rebuild_an_optimised_trigger():
+def test_a_card_rebuilds_the_optimised_trigger(tiny):
     from cleanbench.attacks import attack_from_card
 
-    with pytest.raises(ValueError, match="optimised on a surrogate"):
+    with pytest.raises(ValueError, match="does not hold it"):
         attack_from_card(BadCLIP, {}, 32, 0)
+    config = tiny(attack="badclip", defense="none", defense_options={}, attack_options=SMALL)
+    card, _ = run_cell(config, progress=False, log=lambda message: None)
+    rebuilt = attack_from_card(BadCLIP, card["attack"]["options"], 32, 0, card["attack"]["trigger"])
+    tensors, _ = ArtifactCache(config.cache_dir).load_tensors("attack-triggers", card["artifacts"]["attack_trigger"])
+    assert rebuilt.fitted and torch.equal(rebuilt.patch, tensors["patch"])
