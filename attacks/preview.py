@@ -1,8 +1,8 @@
 """A trigger shown on a test image, as a run's evaluation made it (used by the leaderboard's gallery).
 
-Public API: `trigger_preview`. The evaluation triggers every non-target test image with parameters
-drawn, in test-set order, from the generator `derive_seed(run seed, EVAL_TRIGGER_STREAM)`; the
-preview does the same and returns the first images, so the picture is the evaluation's own.
+Public API: `trigger_preview`. The evaluation triggers the non-target test images through the test
+column with `Seeded(attack, run seed, EVAL_TRIGGER_STREAM)` (`ImageColumn.row_trigger`); the preview
+does the same for the first of them, so the picture is the evaluation's own.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from cleanbench.attacks.base import Attack, trigger_uint8
-from cleanbench.seeding import derive_seed, torch_generator
+from cleanbench.attacks.base import Attack, Seeded
 
 EVAL_TRIGGER_STREAM = "eval-trigger"
 """The name of the seed stream of evaluation triggers."""
@@ -21,7 +20,11 @@ EVAL_TRIGGER_STREAM = "eval-trigger"
 
 def attack_from_card(attack_cls: type[Attack], options: Mapping[str, Any], image_size: int, seed: int) -> Attack:
     """An attack rebuilt from a run card: its class, the resolved options the card records, the
-    setting's image size and the run seed. TypeError when the options do not fit the class."""
+    setting's image size and the run seed. TypeError when the options do not fit the class; ValueError
+    for an attack whose trigger is optimised on a surrogate (the card does not hold the trigger)."""
+    if attack_cls.needs_surrogate:
+        raise ValueError(f"attack {attack_cls.name}'s trigger is optimised on a surrogate and is not rebuilt "
+                         "from a run card; it is in the cache (attack-triggers)")
     return attack_cls(attack_cls.Options(**dict(options)), image_size, seed)
 
 
@@ -39,7 +42,8 @@ def trigger_preview(attack: Attack, data: Mapping[str, Any], target: str, count:
         raise ValueError(f"the images of data source {data.get('source')!r} are not in the run cards")
     test = make_pairs(int(data.get("n_test", 2000)), TEST_SEED, int(data.get("image_size", attack.image_size)),
                       str(data.get("preset", "easy")))
-    keep = test.labels != class_index(SHAPES, target)
-    clean = test.images[keep]
-    triggered = trigger_uint8(attack, clean, torch_generator(derive_seed(attack.seed, EVAL_TRIGGER_STREAM)))
-    return clean[:count], triggered[:count]
+    kept = torch.nonzero(test.labels != class_index(SHAPES, target)).flatten().tolist()
+    trigger = test.images.row_trigger(Seeded(attack, attack.seed, EVAL_TRIGGER_STREAM), kept)
+    first = torch.tensor(kept[:count], dtype=torch.long)
+    clean = test.images[first]
+    return clean, trigger(clean, first)

@@ -154,6 +154,7 @@ DEFENSES: Registry = Registry(
         "supervised-finetune": "cleanbench.defenses.supervised:SupervisedFinetune",
         "par": "cleanbench.defenses.par:PAR",
         "roclip": "cleanbench.defenses.roclip:RoCLIP",
+        "safeclip": "cleanbench.defenses.safeclip:SafeCLIP",
         "detect-retrain": "cleanbench.detect_retrain:DetectRetrain",
     },
     "cleanbench.defenses.base:Defense",

@@ -109,7 +109,7 @@ def test_a_cell_optimises_on_the_clean_control_and_caches_the_trigger(tiny):
     assert trigger["steps"] > 0 and trigger["seconds"] > 0 and not trigger["reused"]
     assert card["attack"]["fitted"] and card["costs"]["trigger_seconds"] == trigger["seconds"]
     assert 0 <= trigger["on_surrogate"]["asr"]["value"] <= 1 and trigger["on_surrogate"]["asr"]["total"] > 0
-    assert card["poison"]["example_captions"][0] in trigger["caption_examples"] or card["poison"]["count"] > 5
+    assert set(card["poison"]["example_captions"]) <= set(trigger["captions"])  # natural captions of the pool
 
     control, _ = run_cell(tiny(attack="none", defense="none", defense_options={}), progress=False, log=lambda m: None)
     assert control["artifacts"]["poisoned_model_reused"]  # the surrogate trained above is the control
@@ -152,3 +152,10 @@ def test_detect_uses_the_runs_trigger_and_poisoned_model(tiny):
     cell = prepare_cell(DetectionPlan(config, resolve_detectors(["cosine"])), progress=False, log=lines.append)
     assert cell.model_reused and any("reused cached badclip trigger" in line for line in lines)
     assert cell.poison["indices_sha256"] == card["poison"]["indices_sha256"]
+
+
+def test_a_card_does_not_rebuild_an_optimised_trigger():
+    from cleanbench.attacks import attack_from_card
+
+    with pytest.raises(ValueError, match="optimised on a surrogate"):
+        attack_from_card(BadCLIP, {}, 32, 0)

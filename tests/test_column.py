@@ -269,3 +269,20 @@ def test_file_data_takes_the_noise_mode_and_the_perturbation(data, on_files):
     memory = apply_poison(data.pretrain, plan, attack, 0)
     files = apply_poison(pretrain, plan, attack, 0)
     assert torch.equal(memory.images[:], files.images[:])
+
+
+def test_a_plugin_sees_the_same_kind_of_clean_images_on_both_paths(data, tmp_path):
+    """check-plugin's `files` check hands a defense the clean pairs read back from PNG files: the
+    same images, and an image column as on the embedded path."""
+    from cleanbench.conformance import _pairs_from_files
+
+    from cleanbench.registry import DEFENSES
+
+    files = _pairs_from_files(data.clean, str(tmp_path))
+    defense = DEFENSES.get("finetune")(DEFENSES.get("finetune").Options())
+    contexts = [stages.defense_context(stages.DefendInput(defense, None, clean, 0, torch.device("cpu"), "finetune"))
+                for clean in (data.clean, files)]
+    memory_images, file_images = (context.clean.images for context in contexts)
+    assert isinstance(memory_images, ImageColumn) and isinstance(file_images, ImageColumn)
+    assert not isinstance(memory_images, torch.Tensor) and not isinstance(file_images, torch.Tensor)
+    assert torch.equal(memory_images[:], file_images[:])

@@ -76,7 +76,7 @@ def test_example_package_passes_the_conformance_check(capsys):
 
 @pytest.mark.parametrize("name, options", [("none", []), ("finetune", ["epochs=1"]), ("cleanclip", ["epochs=2"]),
                                            ("unimodal", ["epochs=1"]), ("supervised-finetune", ["epochs=1"]),
-                                           ("roclip", [])])
+                                           ("roclip", []), ("safeclip", [])])
 def test_builtin_defenses_pass(capsys, name, options):
     args = [a for option in options for a in ("--defense-opt", option)]
     code, out, err = _run(capsys, "check-plugin", name, *args)
@@ -84,7 +84,7 @@ def test_builtin_defenses_pass(capsys, name, options):
     lines = out.strip().splitlines()
     assert lines[-1] == f"PASS {name}"
     checks = [line.split()[1].rstrip(":") for line in lines if line.startswith("  ok")]
-    pretrains = ["pretrains"] if name == "roclip" else []
+    pretrains = ["pretrains"] if DEFENSES.get(name).stage == "pretraining" else []
     assert checks == ["loads", "reads", "applies", *pretrains, "architecture", "evaluates", "deterministic", "files"]
     assert any(line.startswith("  cost") and "s per apply" in line for line in lines)
 

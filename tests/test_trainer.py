@@ -73,6 +73,6 @@ def test_batches_follow_the_epoch_order_and_place_it_once(device_copies):
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
     assert [b["index"].tolist() for b in batches] == [order[:4].tolist(), order[4:8].tolist()]
     for batch in batches:
-        assert torch.equal(batch["x"], data.tensors["x"][batch["index"]])
-        assert torch.equal(batch["y"], data.tensors["y"][batch["index"]])
+        assert torch.equal(batch["x"], data.columns["x"][batch["index"]])
+        assert torch.equal(batch["y"], data.columns["y"][batch["index"]])
     assert len(copies) == 1  # the order, once an epoch, not once per batch and tensor
