@@ -55,8 +55,9 @@ class Surrogate:
 
 @dataclass
 class FittedTrigger:
-    """An optimised trigger: its tensors, and a JSON record (what the run card shows: steps, final
-    losses; plus anything else `restore` needs, such as the captions the poisons get)."""
+    """An optimised trigger: its tensors, and a JSON record that the run card shows. The record holds
+    `steps` (optimisation steps) and `final_losses` (loss name -> value), plus anything else the
+    attack records or `restore` needs (such as the captions the poisons get)."""
 
     tensors: dict[str, torch.Tensor]
     record: dict[str, Any] = field(default_factory=dict)
