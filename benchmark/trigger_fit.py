@@ -25,7 +25,8 @@ def fit_attack(attack: Attack, config: RunConfig, surrogate_kind: str, cell: sta
                device: Any, progress: bool, log: Log) -> dict[str, Any]:
     """Give `attack` its optimised trigger (reused from the cache, or fitted and stored); returns the
     run card's `attack.trigger` record: the fitted record (`steps`, `final_losses`, whatever else the
-    attack records), seconds, the surrogate, the trigger's key and whether it was reused.
+    attack records), seconds, the surrogate, the trigger's key, whether it was reused, and the trigger's
+    tensors as nested lists (so the card alone redraws the trigger: `attacks.attack_from_card`).
 
     `cache.keys` holds `surrogate_model` and `attack_trigger` (`Plan.artifact_keys`); when it also holds
     `surrogate_evaluation`, the record gains `on_surrogate`: CA, ASR and RA of the surrogate itself
@@ -55,7 +56,8 @@ def fit_attack(attack: Attack, config: RunConfig, surrogate_kind: str, cell: sta
         shown["on_surrogate"] = {name: on_surrogate[name] for name in ("ca_top1", "asr", "ra")}
     surrogate = {"kind": surrogate_kind, "key": cache.keys["surrogate_model"],
                  **({"pretrain": record["surrogate_pretrain"]} if record.get("surrogate_pretrain") else {})}
-    return {**shown, "surrogate": surrogate, "key": key, "reused": reused}
+    return {**shown, "surrogate": surrogate, "key": key, "reused": reused,
+            "tensors": {name: value.tolist() for name, value in tensors.items()}}
 
 
 def _evaluate_on_surrogate(attack: Attack, config: RunConfig, kind: str, cell: stages.CellData,
