@@ -50,7 +50,7 @@ def trigger_preview(attack: Attack, data: Mapping[str, Any], target: str, count:
     test = make_pairs(int(data.get("n_test", 2000)), TEST_SEED, int(data.get("image_size", attack.image_size)),
                       str(data.get("preset", "easy")))
     kept = torch.nonzero(test.labels != class_index(SHAPES, target)).flatten().tolist()
-    trigger = test.images.row_trigger(Seeded(attack, attack.seed, EVAL_TRIGGER_STREAM), kept)
+    trigger = test.images.row_trigger(Seeded(attack, attack.seed, EVAL_TRIGGER_STREAM))
     first = torch.tensor(kept[:count], dtype=torch.long)
     clean = test.images[first]
     return clean, trigger(clean, first)
