@@ -158,7 +158,7 @@ class Plan:
         self._keys["poisoned"] = content_key({
             "artifact": "poisoned-model", "setting": c.setting,
             "cleanbench": cleanbench.__version__,
-            "attack": c.attack, "attack_version": self.attack_cls.version,
+            "attack": c.attack, "attack_version": self.attack_cls.version_for(self.attack_options),
             "attack_options": asdict(self.attack_options),
             "poison_rate": c.poison_rate if c.attack != "none" else None,
             "poison_count": c.poison_count if c.attack != "none" else None,
@@ -200,7 +200,7 @@ class Plan:
             self._keys["trigger"] = content_key({
                 "artifact": "attack-trigger", "cleanbench": cleanbench.__version__,
                 "surrogate": self.surrogate_kind, "surrogate_model": self.surrogate_model_key(),
-                "attack": c.attack, "attack_version": self.attack_cls.version,
+                "attack": c.attack, "attack_version": self.attack_cls.version_for(self.attack_options),
                 "attack_options": asdict(self.attack_options), "target": c.target, "seed": c.seed,
                 "threads": c.threads, "data": self._data("pretrain")})
         return self._keys["trigger"]
