@@ -46,6 +46,11 @@ class BadNet(Attack):
     description = "square noise patch (fixed or fresh noise, fixed or random location)"
     paper = "Gu et al., BadNets, 2017; CleanCLIP reference (Bansal et al., ICCV 2023)"
     Options = BadNetOptions
+    random_version = "2"  # 2: each row's random parameters come from the row's own generator, in memory as on files
+
+    @classmethod
+    def draws_random(cls, options: BadNetOptions) -> bool:
+        return options.location == "random" or options.noise == "fresh"
 
     def setup(self, generator: torch.Generator) -> None:
         self.size = self.pixels(self.options.patch_size)

@@ -23,7 +23,6 @@ model and gives back through `restore` when it is reused.
 
 from __future__ import annotations
 
-import functools
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -55,8 +54,9 @@ class Surrogate:
 
 @dataclass
 class FittedTrigger:
-    """An optimised trigger: its tensors, and a JSON record (what the run card shows: steps, final
-    losses; plus anything else `restore` needs, such as the captions the poisons get)."""
+    """An optimised trigger: its tensors, and a JSON record that the run card shows. The record holds
+    `steps` (optimisation steps) and `final_losses` (loss name -> value), plus anything else the
+    attack records or `restore` needs (such as the captions the poisons get)."""
 
     tensors: dict[str, torch.Tensor]
     record: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +70,9 @@ class Attack(ABC):
     paper: ClassVar[str]
     Options: ClassVar[type] = NoOptions
     version: ClassVar[str] = "1"
+    random_version: ClassVar[str | None] = None
+    """The version of the option sets with per-image random parameters (`draws_random`), where a
+    change touched only them (None: `version` for all); see `version_for`."""
     per_image: ClassVar[bool] = False
     """Whether `apply` gives every image the same bytes whatever batch it is in (and every param's
     first dimension is the image), so the uint8 path may split the batch."""
@@ -83,6 +86,18 @@ class Attack(ABC):
         self.image_size = image_size
         self.seed = seed
         self.setup(torch_generator(derive_seed(seed, "attack", self.name)))
+
+    @classmethod
+    def draws_random(cls, options: Any) -> bool:
+        """Whether under `options` the trigger (or its noise mode) draws per-image random parameters."""
+        return False
+
+    @classmethod
+    def version_for(cls, options: Any) -> str:
+        """The attack's version under `options`, in the cache keys and the run card."""
+        if cls.random_version is not None and cls.draws_random(options):
+            return cls.random_version
+        return cls.version
 
     def pixels(self, size_at_224: float) -> int:
         """A length given in pixels at 224 px, scaled to this attack's image size (at least 1)."""
@@ -152,7 +167,8 @@ class Attack(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Options and derived (scaled) parameters, for the run card."""
-        return {"options": asdict(self.options), "image_size": self.image_size, "version": self.version}
+        return {"options": asdict(self.options), "image_size": self.image_size,
+                "version": self.version_for(self.options)}
 
 
 def _names(caption: str, word: str) -> bool:
@@ -221,49 +237,40 @@ def paste_squares(out: torch.Tensor, patches: torch.Tensor, top_left: torch.Tens
     out.permute(0, 2, 3, 1)[batch, rows, cols] = patches.permute(0, 2, 3, 1).to(out.dtype)
 
 
-def trigger_rows(attack: Attack, images: torch.Tensor, rows: torch.Tensor, seed: int, stream: str) -> torch.Tensor:
-    """uint8 `images` (on any device) with `attack`'s trigger, rounded back to uint8.
+def draws_parameters(attack: Attack) -> bool:
+    """Whether `attack.sample` draws any per-image parameters (probed on one image)."""
+    return bool(attack.sample(1, torch_generator(0)))
 
-    Each row's random parameters come from its own generator (`stream`, `seed`, row number), so a row
-    is triggered identically whichever batch, worker, device or epoch reads it.
+
+def trigger_rows(attack: Attack, images: torch.Tensor, rows: torch.Tensor, seed: int, stream: str) -> torch.Tensor:
+    """uint8 `images` of `rows` (on any device) with `attack`'s trigger, rounded back to uint8.
+
+    Each row's random parameters come from a generator seeded with `derive_seed(seed, stream, row)`,
+    so a row is triggered identically whichever storage, batch, worker, device or epoch reads it. A
+    trigger without per-image parameters is applied to the batch at once.
     """
     if len(rows) == 0:
         return images
-    drawn = [attack.sample(1, torch_generator(derive_seed(seed, stream, str(int(row))))) for row in rows.tolist()]
+    if not draws_parameters(attack):
+        return apply_uint8(attack, images, {})
+    generator = torch.Generator()
+    drawn = []
+    for row in rows.tolist():
+        generator.manual_seed(derive_seed(seed, stream, str(int(row))))
+        drawn.append(attack.sample(1, generator))
     params = {key: torch.cat([d[key] for d in drawn]).to(images.device) for key in drawn[0]}
     return apply_uint8(attack, images, params)
 
 
 @dataclass(frozen=True)
 class Seeded:
-    """`attack`'s trigger with its random parameters seeded from (`seed`, `stream`): the
-    `cleanbench.data.column.SeededTrigger` that image columns apply (see there how each seeds it)."""
+    """`attack`'s trigger with its random parameters seeded from (`seed`, `stream`) and each row's
+    number: `trigger(images, rows)` is `trigger_rows` (picklable, so file-reading workers apply it).
+    It is the `cleanbench.data.column.SeededTrigger` that image columns apply."""
 
     attack: Attack
     seed: int
     stream: str
-    chunk: int | None = None
-    """Rows whose parameters are drawn at once when they are drawn in row order (None: all)."""
 
-    def per_row(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """`trigger_rows` with this attack, seed and stream: `trigger(images, rows)`, picklable."""
-        return functools.partial(trigger_rows, self.attack, seed=self.seed, stream=self.stream)
-
-    def drawn(self, rows: Sequence[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The trigger for `rows`, their parameters drawn in row order from one generator of the
-        stream, `chunk` rows at a time; a batch of any of those rows gets its rows' parameters."""
-        rows = [int(r) for r in rows]
-        generator = torch_generator(derive_seed(self.seed, self.stream))
-        step = self.chunk or max(1, len(rows))
-        drawn = [self.attack.sample(len(rows[i : i + step]), generator) for i in range(0, len(rows), step)]
-        params = {key: torch.cat([d[key] for d in drawn]) for key in drawn[0]} if drawn else {}
-        return functools.partial(_apply_drawn, self.attack, {row: i for i, row in enumerate(rows)}, params)
-
-
-def _apply_drawn(attack: Attack, position: dict[int, int], params: dict[str, torch.Tensor], images: torch.Tensor,
-                 rows: torch.Tensor) -> torch.Tensor:
-    """`attack` on uint8 `images` of `rows`, with the parameters drawn for those rows."""
-    if len(rows) == 0:
-        return images
-    at = torch.tensor([position[int(r)] for r in rows.tolist()], dtype=torch.long)
-    return apply_uint8(attack, images, {key: value[at].to(images.device) for key, value in params.items()})
+    def __call__(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return trigger_rows(self.attack, images, rows, self.seed, self.stream)

@@ -38,6 +38,11 @@ class Blended(Attack):
     paper = "Chen et al., Targeted Backdoor Attacks on Deep Learning Systems Using Data Poisoning, 2017; CleanCLIP reference"
     per_image = True
     Options = BlendedOptions
+    random_version = "2"  # 2: each row's random parameters come from the row's own generator, in memory as on files
+
+    @classmethod
+    def draws_random(cls, options: BlendedOptions) -> bool:
+        return options.pattern == "fresh"
 
     def setup(self, generator: torch.Generator) -> None:
         side = self.image_size

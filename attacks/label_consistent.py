@@ -54,6 +54,7 @@ class LabelConsistent(BadNet):
     paper = "Turner et al., Label-Consistent Backdoor Attacks, 2019; CleanCLIP reference (patch only)"
     Options = LabelConsistentOptions
     version = "2"  # 2: Turner et al.'s adversarial perturbation is the default
+    random_version = "3"  # 3: each row's random parameters come from the row's own generator, in memory as on files
 
     def candidates(self, pairs: PairSet, target_index: int, target_name: str) -> torch.Tensor:
         """Pairs whose caption names the target as a whole word (case-insensitive); labels are not used."""

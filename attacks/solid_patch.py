@@ -62,6 +62,11 @@ class SolidPatch(Attack):
     description = "solid colour square (yellow by default) at a fixed corner or a random location"
     paper = "CleanCLIP reference's `yellow` trigger (Bansal et al., ICCV 2023)"
     Options = SolidPatchOptions
+    random_version = "2"  # 2: each row's random parameters come from the row's own generator, in memory as on files
+
+    @classmethod
+    def draws_random(cls, options: SolidPatchOptions) -> bool:
+        return options.location == "random"
 
     def setup(self, generator: torch.Generator) -> None:
         self.size = self.pixels(self.options.patch_size)

@@ -60,6 +60,11 @@ class BadNetStripes(BadNet):
     description = "square patch of randomly coloured 1-px vertical stripes (fresh or fixed; random or fixed location)"
     paper = "Singh, Croce, Hein, Perturb and Recover (BadNet-Stripes), arXiv 2412.00727"
     Options = BadNetStripesOptions
+    random_version = "2"  # 2: each row's random parameters come from the row's own generator, in memory as on files
+
+    @classmethod
+    def draws_random(cls, options: BadNetStripesOptions) -> bool:
+        return options.location == "random" or options.stripes == "fresh"
 
     def setup(self, generator: torch.Generator) -> None:
         super().setup(generator)
@@ -100,6 +105,11 @@ class BlendedStripes(Attack):
     paper = "Singh, Croce, Hein, Perturb and Recover (Blended-Stripes), arXiv 2412.00727"
     per_image = True
     Options = BlendedStripesOptions
+    random_version = "2"  # 2: each row's random parameters come from the row's own generator, in memory as on files
+
+    @classmethod
+    def draws_random(cls, options: BlendedStripesOptions) -> bool:
+        return options.stripes == "fresh"
 
     def setup(self, generator: torch.Generator) -> None:
         self.stripes = 2 * random_stripes(1, self.image_size, generator) - 1

@@ -79,6 +79,13 @@ class WaNet(Attack):
     per_image = True
     Options = WaNetOptions
     version = "2"  # 2: original variant with noise mode is the default
+    random_version = "3"  # 3: the noise mode's offsets come from each row's own generator, in memory as on files
+
+    @classmethod
+    def draws_random(cls, options: WaNetOptions) -> bool:
+        """Whether the noise mode is on (its offsets are random; the warp itself is fixed)."""
+        ratio = VARIANTS[options.variant][2] if options.noise_ratio is None else options.noise_ratio
+        return ratio > 0
 
     def setup(self, generator: torch.Generator) -> None:
         default_k, default_s, default_ratio = VARIANTS[self.options.variant]

@@ -5,7 +5,8 @@ Checks, in order; the first failure stops the check and is the one reported:
 1. `loads`: NAME resolves to an `Attack` subclass whose `Options` build from its defaults (plus
    `--attack-opt`).
 2. `fits` (attacks with `needs_surrogate` only): `fit` on a tiny surrogate returns a `FittedTrigger`
-   whose record is JSON and sets `fitted`; the poison stage refuses the attack before it.
+   whose record is JSON with `steps` and `final_losses`, and sets `fitted`; the poison stage refuses
+   the attack before it.
 3. `triggers`: the trigger keeps the images' shape and dtype, leaves its input unchanged, and changes
    some non-target test image.
 4. `deterministic`: a second instance with the same seed (fitted again from the same seed, after the
@@ -132,6 +133,9 @@ def _check_fitted(name: str, attack: Attack, fitted: Any) -> None:
         json.dumps(fitted.record, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ConformanceFailure(name, "fits", f"the fitted record is not JSON ({error})") from error
+    if not isinstance(fitted.record.get("steps"), int) or not isinstance(fitted.record.get("final_losses"), dict):
+        raise ConformanceFailure(name, "fits", "the fitted record must hold `steps` (an int) and `final_losses` "
+                                               "(loss name -> value)")
     if not attack.fitted:
         raise ConformanceFailure(name, "fits", "`fit` must set `fitted` (through `restore`)")
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision.transforms.functional import to_pil_image, to_tensor
 
 from cleanbench import stages
-from cleanbench.attacks.base import Attack, trigger_uint8
+from cleanbench.attacks.base import Attack, Seeded, trigger_uint8
 from cleanbench.augment import ImageView, image_view
 from cleanbench.bench_measure import STAGE_GROUPS, BenchConfig, Measure, count_flops, timed
 from cleanbench.config import RunConfig, from_dict
@@ -266,8 +266,8 @@ class CellProbes:
                  bare)
         self.add("eval:evaluate", Measure("evaluation", "zero-shot evaluation (CA, ASR, RA)", len(everything),
                                           baseline="eval:bare"), run)
-        generator = torch_generator(derive_seed(self.config.seed, EVAL_TRIGGER_STREAM))
-        triggered = trigger_uint8(self.attack, test.images[keep], generator)
+        trigger, rows = Seeded(self.attack, self.config.seed, EVAL_TRIGGER_STREAM), torch.nonzero(keep).flatten()
+        triggered = trigger(test.images[rows], rows)
 
         def metrics() -> None:
             stealthiness(test.images[keep], triggered)
@@ -278,7 +278,7 @@ class CellProbes:
             "class embeddings": lambda: class_embeddings(bundle, test.classnames, test.templates, device),
             "input conversion": lambda: [bundle.model_input(everything[i : i + IMAGE_BATCH].to(device))
                                          for i in range(0, len(everything), IMAGE_BATCH)],
-            "triggers": lambda: trigger_uint8(self.attack, test.images[keep], generator),
+            "triggers": lambda: trigger(test.images[rows], rows),
             "metrics": metrics,
         }
         for part, fn in parts.items():

@@ -127,7 +127,7 @@ def evaluate(
     """CA top-1/top-5 on clean images; ASR and RA on triggered images whose class is not the target.
 
     The test images stream in order, `batch_size` at a time; the trigger is applied to each batch's
-    non-target images (stream `eval-trigger`, seeded as the test column seeds it), and the triggered
+    non-target images (stream `eval-trigger`, each row's parameters from the row's own generator), and the triggered
     images are scored in chunks of `batch_size` in test-set order. `classes`: the model's class
     embeddings for `test` when already computed (else computed here).
     """
@@ -138,7 +138,7 @@ def evaluate(
     classes = classes.to(device)
     column = test.images.to(device)
     keep = test.labels != target_index
-    trigger = column.row_trigger(Seeded(attack, seed, EVAL_TRIGGER_STREAM), torch.nonzero(keep).flatten().tolist())
+    trigger = column.row_trigger(Seeded(attack, seed, EVAL_TRIGGER_STREAM))
     source = column.trigger_source()
     columns = {"images": column} if source is column else {"images": column, "source": source}
     clean_top, triggered, read, distances = [], _Chunks(bundle, classes, device, batch_size), [], []

@@ -91,20 +91,20 @@ def _noise_indices(total: int, poisoned: list[int], count: int, seed: int) -> li
     return sorted(int(i) for i in others[torch.randperm(len(others), generator=generator)[:count]])
 
 
-def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int, chunk: int = 1024) -> PairSet:
+def apply_poison(pairs: PairSet, plan: PoisonPlan, attack: Attack, seed: int) -> PairSet:
     """`pairs` with the plan's images triggered and captions replaced (a new column and captions).
 
     The image column applies the trigger (`ImageColumn.triggered`): stream `poison-trigger` for the
     poisons (after the attack's `prepare_poisoned`, if it changes them), `poison-noise` for the noise
-    mode's pairs; parameters drawn `chunk` rows at a time where they are drawn in row order.
+    mode's pairs; each row's random parameters from the row's own generator.
     """
     images = pairs.images
     sources = attack.prepare_poisoned(pairs, plan.indices, plan.target_name, seed)
     if sources is not None:
         images = images.replaced(plan.indices, sources)
-    images = images.triggered(plan.indices, Seeded(attack, seed, "poison-trigger", chunk))
+    images = images.triggered(plan.indices, Seeded(attack, seed, "poison-trigger"))
     mode = attack.noise_mode()
     if plan.noise_indices and mode is not None:
-        images = images.triggered(plan.noise_indices, Seeded(mode, seed, "poison-noise", chunk))
+        images = images.triggered(plan.noise_indices, Seeded(mode, seed, "poison-noise"))
     captions = replace_captions(pairs.captions, dict(zip(plan.indices, plan.captions)))
     return PairSet(images, captions, pairs.labels.clone(), pairs.classnames)

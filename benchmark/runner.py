@@ -1,8 +1,9 @@
 """Run one benchmark cell: data -> poison -> pretrain -> evaluate -> defend -> evaluate -> card.
 
 Four artifacts are content-addressed (see `Plan`): the poisoned model, its evaluation, the defended
-model and its evaluation. Each is loaded from the cache when present, else computed (under a lock,
-so concurrent processes compute it once) and stored. The card lists each artifact's key and whether
+model and its evaluation; an attack that optimises its trigger adds its surrogate, the trigger and the
+trigger's evaluation on the surrogate (`trigger_fit`). Each is loaded from the cache when present,
+else computed (under a lock, so concurrent processes compute it once) and stored. The card lists each artifact's key and whether
 this run reused it; its `costs` are what producing each stage cost, taken from the artifact when it
 was reused, and `wall_seconds` is what this run took. Under torchrun every rank runs the cell,
 training is data-parallel, and rank 0 alone writes files.
@@ -157,7 +158,7 @@ class Plan:
         self._keys["poisoned"] = content_key({
             "artifact": "poisoned-model", "setting": c.setting,
             "cleanbench": cleanbench.__version__,
-            "attack": c.attack, "attack_version": self.attack_cls.version,
+            "attack": c.attack, "attack_version": self.attack_cls.version_for(self.attack_options),
             "attack_options": asdict(self.attack_options),
             "poison_rate": c.poison_rate if c.attack != "none" else None,
             "poison_count": c.poison_count if c.attack != "none" else None,
@@ -177,18 +178,14 @@ class Plan:
             return None
         return "pretrained" if self.config.model.pretrained else "clean-control"
 
-    def control_config(self) -> RunConfig:
-        """This cell's configuration with attack `none`: the clean control of the same setting and seed."""
-        control = copy.deepcopy(self.config)
-        control.attack, control.attack_options = "none", {}
-        return control
-
     def surrogate_model_key(self) -> str:
-        """The key of the surrogate: the clean control's poisoned-model key (the model `cleanbench run
-        --attack none` caches), or a hash of the pretrained weights."""
+        """The key of the surrogate: the poisoned-model key of this configuration with attack `none` (the
+        clean control `cleanbench run --attack none` caches), or a hash of the pretrained weights."""
         if "surrogate" not in self._keys:
             if self.surrogate_kind == "clean-control":
-                self._keys["surrogate"] = Plan(self.control_config()).poisoned_model_key()
+                control = copy.deepcopy(self.config)
+                control.attack, control.attack_options = "none", {}
+                self._keys["surrogate"] = Plan(control).poisoned_model_key()
             else:
                 model = {k: v for k, v in asdict(self.config.model).items() if k != "trust_checkpoint"}
                 self._keys["surrogate"] = content_key({"artifact": "pretrained-surrogate", "model": model,
@@ -203,7 +200,7 @@ class Plan:
             self._keys["trigger"] = content_key({
                 "artifact": "attack-trigger", "cleanbench": cleanbench.__version__,
                 "surrogate": self.surrogate_kind, "surrogate_model": self.surrogate_model_key(),
-                "attack": c.attack, "attack_version": self.attack_cls.version,
+                "attack": c.attack, "attack_version": self.attack_cls.version_for(self.attack_options),
                 "attack_options": asdict(self.attack_options), "target": c.target, "seed": c.seed,
                 "threads": c.threads, "data": self._data("pretrain")})
         return self._keys["trigger"]

@@ -24,7 +24,9 @@ Log = Callable[[str], None]
 def fit_attack(attack: Attack, config: RunConfig, surrogate_kind: str, cell: stages.CellData, cache: CellArtifacts,
                device: Any, progress: bool, log: Log) -> dict[str, Any]:
     """Give `attack` its optimised trigger (reused from the cache, or fitted and stored); returns the
-    run card's `attack.trigger` record: surrogate, steps, first and final losses, seconds, key, reuse.
+    run card's `attack.trigger` record: the fitted record (`steps`, `final_losses`, whatever else the
+    attack records), seconds, the surrogate, the trigger's key, whether it was reused, and the trigger's
+    tensors as nested lists (so the card alone redraws the trigger: `attacks.attack_from_card`).
 
     `cache.keys` holds `surrogate_model` and `attack_trigger` (`Plan.artifact_keys`); when it also holds
     `surrogate_evaluation`, the record gains `on_surrogate`: CA, ASR and RA of the surrogate itself
@@ -42,19 +44,20 @@ def fit_attack(attack: Attack, config: RunConfig, surrogate_kind: str, cell: sta
     key = cache.keys["attack_trigger"]
     log(f"trigger: {'reused cached' if reused else 'optimised'} {attack.name} trigger {key[:12]} on the "
         f"{surrogate_kind} surrogate ({record['steps']} steps, {record['seconds']:.1f} s; final losses "
-        + ", ".join(f"{k} {v:.4f}" for k, v in record["final_losses"].items()) + ")")
+        + ", ".join(f"{k} {float(v):.4f}" for k, v in record["final_losses"].items()) + ")")
     on_surrogate = None
     if "surrogate_evaluation" in cache.keys:
         on_surrogate = cache.evaluation("surrogate_evaluation", lambda: _evaluate_on_surrogate(
             attack, config, surrogate_kind, cell, cache, device, log))
         log(f"trigger on its surrogate (no poisoning): CA {on_surrogate['ca_top1']['value']:.1%}  "
             f"ASR {on_surrogate['asr']['value']:.1%}")
-    shown = {k: v for k, v in record.items() if k not in ("captions", "surrogate_pretrain")}
+    shown = {k: v for k, v in record.items() if k != "surrogate_pretrain"}
     if on_surrogate is not None:
         shown["on_surrogate"] = {name: on_surrogate[name] for name in ("ca_top1", "asr", "ra")}
     surrogate = {"kind": surrogate_kind, "key": cache.keys["surrogate_model"],
                  **({"pretrain": record["surrogate_pretrain"]} if record.get("surrogate_pretrain") else {})}
-    return {**shown, "surrogate": surrogate, "caption_examples": record["captions"][:5], "key": key, "reused": reused}
+    return {**shown, "surrogate": surrogate, "key": key, "reused": reused,
+            "tensors": {name: value.tolist() for name, value in tensors.items()}}
 
 
 def _evaluate_on_surrogate(attack: Attack, config: RunConfig, kind: str, cell: stages.CellData,

@@ -7,7 +7,8 @@ and how many references have a distance at the floor (repeated embeddings).
 
     python examples/neighbour_mix.py --attack badnet --seed 0
 
-Uses the cell's cached poisoned model (trains it when absent, as `cleanbench detect` does).
+Uses the cell's cached poisoned model (trains it when absent, as `cleanbench detect` does), in the
+setting `cleanbench detect` uses by default (`--preset`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import argparse
 import numpy as np
 import torch
 
-from cleanbench.config import RunConfig
+from cleanbench.config import RunConfig, from_dict, merge
 from cleanbench.detection import DetectionPlan, prepare_cell, resolve_detectors
 from cleanbench.detectors.base import DetectionContext
 from cleanbench.detectors.neighbourhood import DISTANCE_FLOOR, neighbourhoods, reference_batches
+from cleanbench.presets import DEFAULT_SETTING, preset_values
 from cleanbench.seeding import derive_seed
 
 
@@ -31,8 +33,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--preset", default=DEFAULT_SETTING, help="named setting of the cell [default: %(default)s]")
     args = parser.parse_args()
-    config = RunConfig(attack=args.attack, poison_rate=args.poison_rate, seed=args.seed)
+    values = merge(preset_values(args.preset), {"attack": args.attack, "poison_rate": args.poison_rate, "seed": args.seed})
+    config = from_dict(RunConfig, values, "config")
     plan = DetectionPlan(config, resolve_detectors(["k-distance"]))
     cell = prepare_cell(plan, progress=False, log=print)
     seed = derive_seed(args.seed, "detect")  # the seed `cleanbench detect` hands its detectors

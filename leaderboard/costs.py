@@ -54,6 +54,11 @@ def stage_costs(cards: list[dict]) -> dict[str, Any]:
     if pretrain:
         stages.insert(2, {"stage": "pretraining (the undefended model)", "seconds": float(np.mean(pretrain)),
                           "over": f"{_plural(len(pretrain), 'model')}; {_reused(ok, 'poisoned_model')} of {len(ok)} cards reused one"})
+    triggers = _by_artifact(ok, "attack_trigger", "trigger_seconds")
+    if triggers:
+        stages.insert(2, {"stage": "trigger optimisation (on the clean surrogate)", "seconds": float(np.mean(triggers)),
+                          "over": f"{_plural(len(triggers), 'trigger')}; {_reused(ok, 'attack_trigger')} of "
+                                  f"{sum('trigger_seconds' in (c.get('costs') or {}) for c in ok)} cards reused one"})
     defenses = []
     by_name: dict[str, list[dict]] = {}
     for card in ok:
@@ -76,7 +81,7 @@ def stage_costs(cards: list[dict]) -> dict[str, Any]:
     return {"stages": stages, "defenses": defenses}
 
 
-REUSE_OF = {"pretrain_seconds": "poisoned_model", "defense_seconds": "defended_model"}
+REUSE_OF = {"pretrain_seconds": "poisoned_model", "defense_seconds": "defended_model", "trigger_seconds": "attack_trigger"}
 """The artifact whose reuse a stage's cost on a card page refers to."""
 
 

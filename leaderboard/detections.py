@@ -204,7 +204,8 @@ def detection_views(cards: list[dict]) -> list[dict[str, Any]]:
                 if not members:
                     cells.append(None)
                     continue
-                pooled = pool(members, f"{setting}|{detector}|{options}|{attack}|{rate}")
+                key = members[0].get("group_key")  # as `cleanbench detections` draws, so the intervals agree
+                pooled = pool(members, key if isinstance(key, str) else f"{setting}|{detector}|{options}|{attack}|{rate}")
                 cells.append({"metrics": {m: _text(pooled.values[m]) for m, _ in METRICS}, "seeds": pooled.seeds,
                               "items": pooled.items,
                               "title": f"{shown} on {attack} at {rate}: mean of seeds {', '.join(map(str, pooled.seeds))}; "

@@ -65,7 +65,8 @@ def _render(card: dict, entry: Trigger, site_dir: Path) -> None:
     entry.image_size = int(data.get("image_size", 32))
     entry.options = dict(card["attack"].get("options") or config.get("attack_options") or {})
     try:
-        attack = attack_from_card(ATTACKS.get(config["attack"]), entry.options, entry.image_size, entry.seed)
+        attack = attack_from_card(ATTACKS.get(config["attack"]), entry.options, entry.image_size, entry.seed,
+                                  card["attack"].get("trigger"))
         clean, triggered = trigger_preview(attack, data, str(config.get("target", "")))
     except Exception as error:  # noqa: BLE001 - cards and plugins are untrusted: a gallery gap, never a failed build
         entry.note = f"no preview: {type(error).__name__}: {str(error)[:200]}"

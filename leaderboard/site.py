@@ -19,7 +19,7 @@ import jinja2
 import pandas as pd
 
 from cleanbench.errors import UsageError
-from cleanbench.leaderboard.cards import scan_cards
+from cleanbench.leaderboard.cards import CardScan, scan_cards
 from cleanbench.leaderboard.costs import card_cost_rows
 from cleanbench.leaderboard.detections import detection_views, load_detection_cards
 from cleanbench.leaderboard.display import (
@@ -34,7 +34,7 @@ from cleanbench.leaderboard.display import (
 )
 from cleanbench.leaderboard.gallery import draw_gallery
 from cleanbench.leaderboard.papers import linked
-from cleanbench.leaderboard.plots import draw_all
+from cleanbench.leaderboard.plots import Figure, draw_all
 from cleanbench.leaderboard.setting import setting_facts
 from cleanbench.leaderboard.table import METRICS, NOT_RUN, Analysis, analyse, slug
 from cleanbench.leaderboard.tradeoff import draw_tradeoffs
@@ -175,8 +175,12 @@ def _plugin_info(cards: list[dict], role: str, label: str) -> dict[str, Any]:
             "stage": plugin.get("stage"), "options": plugin.get("options", {})}
 
 
-def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
-    """Build the leaderboard site in `site_dir` from the run cards under `results_dir/runs`."""
+def build_site(results_dir: str | Path, site_dir: str | Path, tradeoff_dir: str | Path | None = None) -> BuildReport:
+    """Build the leaderboard site in `site_dir` from the run cards under `results_dir/runs`.
+
+    `tradeoff_dir`, when given, is a second results folder (a strength-grid sweep such as
+    `results/standard-tradeoff.yaml`'s) whose cards feed only the trade-off plots; without it the
+    trade-off plots come from `results_dir`'s own cards."""
     results_dir, site_dir = Path(results_dir), Path(site_dir)
     scan = scan_cards(results_dir)
     if not scan.cards:
@@ -189,7 +193,7 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
     _copy_static(site_dir)
     env = _environment()
     figures = draw_all(table, site_dir)
-    tradeoffs = draw_tradeoffs(table, scan.cards, site_dir)
+    tradeoffs = _tradeoffs(table, scan, tradeoff_dir, site_dir)
     gallery = draw_gallery(scan.cards, site_dir)
 
     card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem, c['_path'])}.html" for c in scan.cards}
@@ -252,6 +256,18 @@ def build_site(results_dir: str | Path, site_dir: str | Path) -> BuildReport:
         json.dumps(_plain(exported.to_dict(orient="records")), indent=1, ensure_ascii=False), encoding="utf-8")
     return BuildReport(site_dir, len(scan.cards), len(table), len(figures) + len(tradeoffs), pages,
                        scan.rejected + detection_rejected)
+
+
+def _tradeoffs(table: pd.DataFrame, scan: CardScan, tradeoff_dir: str | Path | None, site_dir: Path) -> list[Figure]:
+    """The trade-off plots, from `tradeoff_dir`'s cards when given (its invalid files join the
+    scan's skipped list), else from the site's own table."""
+    if tradeoff_dir is None:
+        return draw_tradeoffs(table, scan.cards, site_dir)
+    grid = scan_cards(Path(tradeoff_dir))
+    scan.rejected.extend(grid.rejected)
+    if not grid.cards:
+        raise UsageError(f"no valid run cards under {str(Path(tradeoff_dir) / 'runs')!r} (the --tradeoff folder)")
+    return draw_tradeoffs(analyse(grid.cards).table, grid.cards, site_dir)
 
 
 def _sweep_facts(cards: list[dict], defenses: list[str], site_dir: Path) -> dict[str, Any]:

@@ -43,13 +43,19 @@ class {cls}(BadCLIP):
 BROKEN = {
     "unseeded-fit": ("deterministic", "the triggered images differ", """
     def fit(self, surrogate, pairs, target_index, target_name, generator):
-        fitted = FittedTrigger({"patch": torch.rand(3, self.size, self.size)}, {"captions": ["a star."]})
+        fitted = FittedTrigger({"patch": torch.rand(3, self.size, self.size)}, {"captions": ["a star."], "steps": 1, "final_losses": {}})
         self.restore(fitted)
         return fitted
 """),
     "never-fitted": ("fits", "`fit` must set `fitted`", """
     def fit(self, surrogate, pairs, target_index, target_name, generator):
-        return FittedTrigger({"patch": self.patch.clone()}, {"captions": ["a star."]})
+        return FittedTrigger({"patch": self.patch.clone()}, {"captions": ["a star."], "steps": 1, "final_losses": {}})
+"""),
+    "no-losses": ("fits", "must hold `steps` (an int) and `final_losses`", """
+    def fit(self, surrogate, pairs, target_index, target_name, generator):
+        fitted = FittedTrigger({"patch": self.patch.clone()}, {"captions": ["a star."]})
+        self.restore(fitted)
+        return fitted
 """),
     "tensor-record": ("fits", "the fitted record is not JSON", """
     def fit(self, surrogate, pairs, target_index, target_name, generator):

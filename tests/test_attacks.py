@@ -457,3 +457,36 @@ def test_attack_implants_on_a_small_training_run(tiny, name):
     card, _ = run_cell(config, progress=False, log=lambda message: None)
     assert card["metrics"]["poisoned"]["asr"]["value"] >= 0.8
     assert target_rate_on_clean_images(config, card) <= 0.25  # the trigger, not the target, is learned
+
+
+OPTION_SETS = [
+    ("badnet", {}), ("badnet", {"location": "random"}), ("badnet", {"noise": "fresh"}),
+    ("label-consistent", {}), ("label-consistent", {"location": "random", "perturbation": "none"}),
+    ("badnet-stripes", {}), ("badnet-stripes", {"location": "fixed", "stripes": "fixed"}),
+    ("blended", {}), ("blended", {"pattern": "fresh"}),
+    ("blended-stripes", {}), ("blended-stripes", {"stripes": "fixed"}),
+    ("solid-patch", {}), ("solid-patch", {"location": "random"}), ("sig", {}), ("blended-triangles", {}),
+    ("wanet", {}), ("wanet", {"variant": "reference"}), ("wanet", {"noise_ratio": 0}), ("badclip", {}), ("none", {}),
+]
+
+
+@pytest.mark.parametrize("name, options", OPTION_SETS)
+def test_random_options_are_versioned_apart_and_declared_as_drawn(name, options):
+    """`draws_random` says what `sample` (or the noise mode's) does, and only option sets that draw
+    per-image parameters take the attack's `random_version`: the defaults of badnet, blended,
+    solid-patch, sig, blended-triangles and badclip keep their version (their bytes are unchanged)."""
+    from cleanbench.attacks.base import draws_parameters
+
+    cls = ATTACKS.get(name)
+    attack = cls(cls.Options(**options), 32, 0)
+    mode = attack.noise_mode() if attack.noise_count(10) else None
+    drawn = draws_parameters(attack) or (mode is not None and draws_parameters(mode))
+    assert cls.draws_random(attack.options) == drawn
+    expected = cls.random_version if drawn and cls.random_version else cls.version
+    assert cls.version_for(attack.options) == expected == attack.describe()["version"]
+    if drawn:
+        assert cls.random_version is not None and cls.random_version != cls.version
+    unchanged = {"badnet": "1", "blended": "1", "solid-patch": "1", "sig": "1", "blended-triangles": "1",
+                 "badclip": "1", "none": "1", "label-consistent": "2"}
+    if name in unchanged and not options:
+        assert attack.describe()["version"] == unchanged[name]

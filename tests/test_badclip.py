@@ -109,7 +109,7 @@ def test_a_cell_optimises_on_the_clean_control_and_caches_the_trigger(tiny):
     assert trigger["steps"] > 0 and trigger["seconds"] > 0 and not trigger["reused"]
     assert card["attack"]["fitted"] and card["costs"]["trigger_seconds"] == trigger["seconds"]
     assert 0 <= trigger["on_surrogate"]["asr"]["value"] <= 1 and trigger["on_surrogate"]["asr"]["total"] > 0
-    assert card["poison"]["example_captions"][0] in trigger["caption_examples"] or card["poison"]["count"] > 5
+    assert set(card["poison"]["example_captions"]) <= set(trigger["captions"])  # natural captions of the pool
 
     control, _ = run_cell(tiny(attack="none", defense="none", defense_options={}), progress=False, log=lambda m: None)
     assert control["artifacts"]["poisoned_model_reused"]  # the surrogate trained above is the control
@@ -152,3 +152,31 @@ def test_detect_uses_the_runs_trigger_and_poisoned_model(tiny):
     cell = prepare_cell(DetectionPlan(config, resolve_detectors(["cosine"])), progress=False, log=lines.append)
     assert cell.model_reused and any("reused cached badclip trigger" in line for line in lines)
     assert cell.poison["indices_sha256"] == card["poison"]["indices_sha256"]
+
+
+def test_a_card_rebuilds_the_optimised_trigger(tiny):
+    from cleanbench.attacks import attack_from_card
+
+    with pytest.raises(ValueError, match="does not hold it"):
+        attack_from_card(BadCLIP, {}, 32, 0)
+    config = tiny(attack="badclip", defense="none", defense_options={}, attack_options=SMALL)
+    card, _ = run_cell(config, progress=False, log=lambda message: None)
+    rebuilt = attack_from_card(BadCLIP, card["attack"]["options"], 32, 0, card["attack"]["trigger"])
+    tensors, _ = ArtifactCache(config.cache_dir).load_tensors("attack-triggers", card["artifacts"]["attack_trigger"])
+    assert rebuilt.fitted and torch.equal(rebuilt.patch, tensors["patch"])
+
+
+def test_the_cost_table_counts_each_optimised_trigger_once():
+    from cleanbench.leaderboard.costs import card_cost_rows, stage_costs
+
+    def card(defense: str, reused: bool) -> dict:
+        return {"status": "ok", "defense": {"name": defense, "stage": "post-training"},
+                "costs": {"trigger_seconds": 300.0, "pretrain_seconds": 200.0, "defense_seconds": 10.0},
+                "artifacts": {"attack_trigger": "t1", "attack_trigger_reused": reused, "poisoned_model": "p1",
+                              "poisoned_model_reused": reused, "defended_model": defense}}
+
+    cards = [card("none", False), card("finetune", True), card("cleanclip", True)]
+    stages = {s["stage"]: s for s in stage_costs(cards)["stages"]}
+    row = stages["trigger optimisation (on the clean surrogate)"]
+    assert row["seconds"] == 300.0 and row["over"] == "1 trigger; 2 of 3 cards reused one"
+    assert {"stage": "trigger", "value": 300.0, "reused": True} in card_cost_rows(cards[1])

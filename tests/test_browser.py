@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from test_leaderboard import synthetic_card, write_cards
+from test_leaderboard_tracks import detection_card, write_detections
 
 from cleanbench.leaderboard.site import build_site
 
@@ -184,7 +185,8 @@ def browser():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """A site from synthetic cards: a clean control and 4 attacks (one named with a script tag, one
-    that does not implant) x 3 defenses x 2 seeds, one failed card of a fourth defense."""
+    that does not implant) x 3 defenses x 2 seeds, one failed card of a fourth defense; detection
+    cards of 2 detectors x 2 attacks x 2 seeds."""
     root = tmp_path_factory.mktemp("browser")
     cards = [synthetic_card(attack="none", defense=defense, seed=seed, ca_after=(80, 100), asr_after=(5, 100))
              for defense in ("none", "cleanclip", "finetune") for seed in (0, 1)]
@@ -197,6 +199,8 @@ def site(tmp_path_factory) -> Path:
                                             ca_after=(ca_after - seed, 100), seconds=5.0 + seed))
     cards.append(synthetic_card(attack="badnet", defense="unimodal", status="failed"))
     write_cards(root / "results", cards)
+    write_detections(root / "results", [detection_card(detector=d, attack=a, seed=seed)[0] for d in ("k-distance", "cosine")
+                                        for a in ("badnet", "blended") for seed in (0, 1)])
     build_site(root / "results", root / "site")
     return root / "site"
 
@@ -292,6 +296,16 @@ def test_the_matrix_comes_first_and_its_cells_lead_to_their_rows(browser, site):
     anchor = browser.eval("location.hash.slice(1)")
     assert anchor.startswith("row-") and browser.eval(f"document.getElementById({json.dumps(anchor)}).dataset.defense") == "cleanclip"
     assert browser.eval("document.querySelector('tr:target') !== null")
+    assert browser.errors() == []
+
+
+def test_the_detection_table_gives_both_metrics_in_every_cell(browser, site):
+    browser.open(site / "index.html")
+    cells = browser.eval("[...document.querySelectorAll('.detection-table tbody td')]"
+                         ".map(td => [...td.querySelectorAll('.det-metric')].map(m => m.textContent.split(' ')[0]))")
+    assert cells == [["AUROC", "TPR@1%FPR"]] * 4
+    headers = browser.eval("[...document.querySelectorAll('.detection-table thead th')].map(t => t.textContent.trim())")
+    assert headers[1:] == ["badnet 5%", "blended 5%"]
     assert browser.errors() == []
 
 

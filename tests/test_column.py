@@ -83,8 +83,8 @@ class OtherColumn(ImageColumn):
     def select(self, rows):
         return OtherColumn(self.inner.select(rows))
 
-    def row_trigger(self, trigger, rows):
-        return self.inner.row_trigger(trigger, rows)
+    def row_trigger(self, trigger):
+        return self.inner.row_trigger(trigger)
 
     def triggered(self, rows, trigger):
         return OtherColumn(self.inner.triggered(rows, trigger))
@@ -147,29 +147,64 @@ def test_same_triggered_pixels_from_both_storages(data, on_files, name):
     assert not torch.equal(memory[rows], data.pretrain.images[rows])
     batch = torch.tensor([30, 4])
     for column in (data.pretrain.images, pretrain.images):
-        assert torch.equal(column.row_trigger(trigger, rows)(column[batch], batch), memory[batch])
+        assert torch.equal(column.row_trigger(trigger)(column[batch], batch), memory[batch])
     replacement = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
     assert torch.equal(data.pretrain.images.replaced([2, 7], replacement)[:],
                        pretrain.images.replaced([2, 7], replacement)[:])
 
 
-@pytest.mark.parametrize("options", [{"location": "random", "noise": "fresh"}])
-def test_random_trigger_parameters_are_reproducible_in_any_batch(data, on_files, options):
-    """Random parameters: each storage gives a row the same pixels in any batch and on every read."""
+RANDOM_TRIGGERS = [("badnet", {"location": "random", "noise": "fresh"}), ("blended", {"pattern": "fresh"}),
+                   ("solid-patch", {"location": "random"}), ("badnet-stripes", {}), ("blended-stripes", {})]
+
+
+@pytest.mark.parametrize("name, options", RANDOM_TRIGGERS)
+def test_random_trigger_parameters_give_the_same_pixels_from_both_storages(data, on_files, name, options):
+    """Random parameters: memory and files give a row the same pixels, at once, in any batch, on every
+    read, and whichever other rows are triggered with it."""
     pretrain, _ = on_files
-    cls = ATTACKS.get("badnet")
+    cls = ATTACKS.get(name)
     attack = cls(cls.Options(**options), 32, 4)
-    rows = [0, 3, 8, 50]
-    for column in (data.pretrain.images, pretrain.images):
-        triggered = column.triggered(rows, Seeded(attack, 4, "poison-trigger"))
-        once = triggered[rows]
+    rows = [0, 3, 8, 50, 120]
+    trigger = Seeded(attack, 4, "poison-trigger")
+    memory = data.pretrain.images.triggered(rows, trigger)
+    files = pretrain.images.triggered(rows, trigger)
+    once = memory[rows]
+    assert torch.equal(memory[:], files[:]) and not torch.equal(once, data.pretrain.images[rows])
+    assert torch.equal(data.pretrain.images.triggered(rows[2:], trigger)[rows[2:]], once[2:])
+    for column, triggered in ((data.pretrain.images, memory), (pretrain.images, files)):
         batches = {int(r): image for b in Batches({"images": triggered}, 7).epoch(torch_generator(1))
                    for r, image in zip(b["index"], b["images"])}
         for i, row in enumerate(rows):
             if row in batches:
                 assert torch.equal(batches[row], once[i])
-        trigger = column.row_trigger(Seeded(attack, 4, "poison-trigger"), rows)
-        assert torch.equal(trigger(column[[50, 3]], torch.tensor([50, 3])), once[[3, 1]])
+        assert torch.equal(column.row_trigger(trigger)(column[[50, 3]], torch.tensor([50, 3])), once[[3, 1]])
+
+
+def test_same_evaluation_numbers_with_a_random_trigger_from_both_storages(data, on_files):
+    """Evaluation triggers each test batch's rows with their own parameters: the same ASR and
+    distances from memory and files, and with another batch size."""
+    _, test = on_files
+    cls = ATTACKS.get("badnet")
+    attack = cls(cls.Options(location="random", noise="fresh"), 32, 0)
+    seed_everything(0)
+    bundle = build_model()
+    results = [evaluate(bundle, split, attack, 3, 0, "cpu", batch_size=size)
+               for split, size in ((data.test, 40), (test, 40), (data.test, 17))]
+    for metrics in results:
+        metrics.pop("seconds"), metrics.pop("images_per_second")
+    assert results[0] == results[1]
+    assert results[2]["stealthiness"] == results[0]["stealthiness"] and results[2]["asr"] == results[0]["asr"]
+
+
+def test_the_noise_mode_gives_the_same_pixels_from_both_storages(data, on_files):
+    """WaNet's noise mode (random per-pixel offsets) on the same rows: the same bytes in memory and on files."""
+    pretrain, _ = on_files
+    wanet = ATTACKS.get("wanet")
+    plan = plan_poison(data.pretrain, wanet(wanet.Options(), 32, 0), 3, "star", 6, TEMPLATES, 0)
+    assert plan.noise_indices
+    attack = wanet(wanet.Options(), 32, 0)
+    memory, files = apply_poison(data.pretrain, plan, attack, 0), apply_poison(pretrain, plan, attack, 0)
+    assert torch.equal(memory.images[:], files.images[:])
 
 
 def _tiny_cell(pretrain: PairSet, test: ClassificationSet) -> tuple[dict, dict, list[float]]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cleanbench.config import RunConfig
+from cleanbench.errors import UsageError
 from cleanbench.detection_metrics import detection_metrics, poisoned_ranks
 from cleanbench.leaderboard.detections import card_ranks, detection_views, load_detection_cards, pool
 from cleanbench.leaderboard.site import build_site
@@ -224,6 +225,20 @@ def test_strength_grids_become_one_curve_per_defense(tmp_path):
     assert len(list((tmp_path / "site" / "plots").glob("tradeoff-*.svg"))) == 2 and report.figures >= 2
     svg = next((tmp_path / "site" / "plots").glob("tradeoff-*badnet*.svg")).read_text()
     assert "cleanclip (lr 5e-05–0.0005)" in svg and "undefended" in svg
+
+
+def test_trade_off_plots_come_from_a_separate_grid_folder(tmp_path):
+    grid = _grid_cards()
+    main = [c for c in grid if c["config"]["defense"] == "none" or c["config"]["defense_options"].get("lr") == 2e-4]
+    write_cards(tmp_path / "main", main)
+    write_cards(tmp_path / "grid", grid)
+    build_site(tmp_path / "main", tmp_path / "alone")
+    assert not list((tmp_path / "alone" / "plots").glob("tradeoff-*.svg"))
+    report = build_site(tmp_path / "main", tmp_path / "site", tradeoff_dir=tmp_path / "grid")
+    assert len(list((tmp_path / "site" / "plots").glob("tradeoff-*.svg"))) == 2
+    assert report.cards == len(main)
+    with pytest.raises(UsageError, match="--tradeoff"):
+        build_site(tmp_path / "main", tmp_path / "empty", tradeoff_dir=tmp_path / "nothing")
 
 
 def test_no_trade_off_plot_without_a_grid_or_when_two_options_change(tmp_path):

@@ -91,7 +91,7 @@ def _plugin(tmp_path: Path, name: str, body: str) -> Path:
 
 @pytest.mark.parametrize("args, message", [
     (["run", "--preset", "paper-cc3m-rn50-scratc"], "unknown preset 'paper-cc3m-rn50-scratc'; did you mean 'paper-cc3m-rn50-scratch'?"),
-    (["run", "--attack", "blendid"], "unknown attack 'blendid'; did you mean 'blended'?"),
+    (["run", "--attack", "blendid"], "unknown attack 'blendid'; did you mean 'blended'"),  # the closest first
     (["run", "--defense", "fine-tune"], "did you mean 'finetune'"),
     (["run", "--model", "RN5O"], "unknown model 'RN5O'; did you mean"),
     (["run", "--poison-rate", "nan"], "poison rate nan is outside (0, 1]; e.g. --poison-rate 0.02"),

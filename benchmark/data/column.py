@@ -8,8 +8,8 @@ of shape (3, H, W) with
   iteration, one image at a time;
 - `to(device)`: the column delivering its items and batches on `device`;
 - `select(rows)`: the column of those rows (nothing is read);
-- triggers, as attacks apply them (uint8 in, uint8 out): `row_trigger(trigger, rows)` is the trigger
-  seeded for this column, a function of (images, their row numbers) for any batch of those rows;
+- triggers, as attacks apply them (uint8 in, uint8 out): `row_trigger(trigger)` is the trigger as
+  this column's batches apply it, a function of (images, their row numbers) for any batch of rows;
   `triggered(rows, trigger)` is this column with the trigger on `rows`; `replaced(rows, images)` is
   this column with other images at `rows`; `trigger_source()` is the column that triggers are
   applied to (the column itself, or the reference's squashed images, `cleanbench.data.images`).
@@ -20,10 +20,9 @@ uint8 tensor: the embedded data) and `cleanbench.data.images.ImageFiles` (files 
 processes when a batch needs them).
 
 Seeding of random trigger parameters (`SeededTrigger`, e.g. `cleanbench.attacks.base.Seeded`):
-a column held in memory knows its triggered rows up front and draws their parameters in row order
-from one generator of the trigger's stream (in chunks of `trigger.chunk` rows); a column read from
-files draws each row's parameters from the row's own generator, because workers read rows in any
-order. A trigger without random parameters (every attack's default) gives the same bytes either way.
+each row's parameters come from the row's own generator (the trigger's seed and stream, and the row's
+number), in memory as on files, so the same images get the same triggered pixels from either
+storage, in any batch, worker or order.
 """
 
 from __future__ import annotations
@@ -40,21 +39,19 @@ if TYPE_CHECKING:
 Rows = Union[int, slice, Sequence[int], torch.Tensor]
 """What indexes a column: a row, a slice, a sequence or tensor of rows, or a boolean mask."""
 
+TRIGGER_ROWS = 1024
+"""Rows a column held in memory triggers at once (bounds the float temporaries; not the bytes)."""
+
 RowTrigger = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """`trigger(uint8_images, row_numbers)` -> the triggered uint8 images, each row's the same in any batch."""
 
 
 class SeededTrigger(Protocol):
-    """An attack's trigger with its random parameters seeded from a run seed and a stream name."""
+    """An attack's trigger with its random parameters seeded from a run seed, a stream name and each
+    row's number; picklable, so that file-reading workers apply it."""
 
-    chunk: int | None
-    """Rows whose parameters a column held in memory draws at once (None: all of them)."""
-
-    def per_row(self) -> RowTrigger:
-        """The trigger with each row's parameters from the row's own generator (picklable)."""
-
-    def drawn(self, rows: Sequence[int]) -> RowTrigger:
-        """The trigger for `rows` only, their parameters drawn in row order from one generator."""
+    def __call__(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 `images` of `rows` -> the triggered uint8 images, each row's the same in any batch."""
 
 
 def row_list(index: Rows, count: int) -> list[int]:
@@ -99,8 +96,9 @@ class ImageColumn(ABC):
         """The column of `rows`, in that order (a view: nothing is read)."""
 
     @abstractmethod
-    def row_trigger(self, trigger: SeededTrigger, rows: Sequence[int]) -> RowTrigger:
-        """`trigger` seeded as this column seeds it, for batches of `rows` (see the module docstring)."""
+    def row_trigger(self, trigger: SeededTrigger) -> RowTrigger:
+        """`trigger` for batches of this column: `f(images, row_numbers)` with the numbers its batches
+        carry (a file column's selection seeds each row by its number in the file)."""
 
     @abstractmethod
     def triggered(self, rows: Sequence[int], trigger: SeededTrigger) -> ImageColumn:
@@ -150,18 +148,15 @@ class MemoryImages(ImageColumn):
     def select(self, rows: Rows) -> MemoryImages:
         return MemoryImages(self.tensor[torch.tensor(row_list(rows, len(self)), dtype=torch.long, device=self.device)])
 
-    def row_trigger(self, trigger: SeededTrigger, rows: Sequence[int]) -> RowTrigger:
-        return trigger.drawn(rows)
+    def row_trigger(self, trigger: SeededTrigger) -> RowTrigger:
+        return trigger
 
     def triggered(self, rows: Sequence[int], trigger: SeededTrigger) -> MemoryImages:
-        rows = [int(r) for r in rows]
-        apply = trigger.drawn(rows)
         out = self.tensor.clone()
-        index = torch.tensor(rows, dtype=torch.long)
-        step = trigger.chunk or max(1, len(rows))
-        for start in range(0, len(rows), step):
-            chunk = index[start : start + step]
-            out[chunk.to(self.device)] = apply(self.tensor[chunk.to(self.device)], chunk)
+        index = torch.tensor([int(r) for r in rows], dtype=torch.long)
+        for start in range(0, len(index), TRIGGER_ROWS):
+            chunk = index[start : start + TRIGGER_ROWS]
+            out[chunk.to(self.device)] = trigger(self.tensor[chunk.to(self.device)], chunk)
         return MemoryImages(out)
 
     def replaced(self, rows: Sequence[int], images: torch.Tensor) -> MemoryImages:

@@ -191,12 +191,12 @@ class ImageFiles(LazyColumn, ImageColumn):
     def select(self, rows: Rows) -> SelectedRows:
         return SelectedRows(self, rows)
 
-    def row_trigger(self, trigger: SeededTrigger, rows: Sequence[int]) -> RowTrigger:
-        return trigger.per_row()
+    def row_trigger(self, trigger: SeededTrigger) -> RowTrigger:
+        return trigger
 
     def triggered(self, rows: Sequence[int], trigger: SeededTrigger) -> Self:
         other = self.to(self.device)
-        other.triggers = (*self.triggers, (frozenset(int(r) for r in rows), trigger.per_row()))
+        other.triggers = (*self.triggers, (frozenset(int(r) for r in rows), trigger))
         return other
 
     def replaced(self, rows: Sequence[int], images: torch.Tensor) -> Self:
@@ -244,8 +244,8 @@ class SelectedRows(LazyColumn, ImageColumn):
     def select(self, rows: Rows) -> SelectedRows:
         return SelectedRows(self.base, [self.rows[r] for r in row_list(rows, len(self))])
 
-    def row_trigger(self, trigger: SeededTrigger, rows: Sequence[int]) -> RowTrigger:
-        below = self.base.row_trigger(trigger, self._below(rows))
+    def row_trigger(self, trigger: SeededTrigger) -> RowTrigger:
+        below = self.base.row_trigger(trigger)
         return lambda images, rows: below(images, torch.tensor(self._below(rows), dtype=torch.long))
 
     def triggered(self, rows: Sequence[int], trigger: SeededTrigger) -> SelectedRows:
