@@ -183,7 +183,7 @@ def leaderboard_rows(folder: str, options: dict[str, list[str]]) -> str:
         return f"{scale * mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {scale * std:.{digits}f}")
 
     rows = []
-    for _, row in table.iterrows():
+    for _, row in table[table["n_seeds"] > 0].iterrows():  # a row no card measured is not a result
         rank, tied = row.get("rank"), row.get("rank_tied")
         if row.get("role") in ("control", "reference"):
             rank = row["role"]  # the clean control and the undefended reference are never ranked
