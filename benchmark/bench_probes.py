@@ -32,7 +32,7 @@ from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import build_model, input_size
 from cleanbench.presets import DEFAULT_SETTING, preset_values
 from cleanbench.registry import ATTACKS, DEFENSES
-from cleanbench.runner import resolve_device
+from cleanbench.plan import resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
 from cleanbench.synonyms import embedded_table
 from cleanbench.trainer import Batch, Batches, TrainConfig, decay_groups, train

@@ -26,7 +26,7 @@ DEFAULTS = RunConfig()
 def _environment_note(card: dict, config: RunConfig) -> None:
     """One line on stderr when the card being re-run was made in another environment."""
     from cleanbench import environment
-    from cleanbench.runner import resolve_device
+    from cleanbench.plan import resolve_device
 
     now = environment.current(resolve_device(config.device), config.threads)
     note = environment.mismatch_note("this run card", environment.recorded(card), now)

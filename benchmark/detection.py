@@ -31,7 +31,7 @@ from cleanbench.errors import CleanbenchError, RunError, UsageError
 from cleanbench.fileio import write_json_atomic
 from cleanbench.models import ModelBundle, build_model
 from cleanbench.registry import DETECTORS
-from cleanbench.runner import Plan
+from cleanbench.plan import Plan
 from cleanbench.seeding import derive_seed, seed_everything
 from cleanbench.trigger_fit import fit_attack
 

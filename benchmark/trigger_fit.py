@@ -1,6 +1,6 @@
 """An attack's trigger optimised on its clean surrogate, through the cache (attacks with `needs_surrogate`).
 
-The trigger is an artifact like a model (kind `attack-triggers`, `runner.Plan.trigger_key`). When it
+The trigger is an artifact like a model (kind `attack-triggers`, `plan.Plan.trigger_key`). When it
 must be computed, the surrogate is built: the `--pretrained` weights the victim starts from, or the
 setting's clean-control model, loaded from the cache under the key `cleanbench run --attack none`
 uses, else trained exactly as that run trains it and stored there, so the clean control and every

@@ -16,7 +16,8 @@ from cleanbench.data.base import PairSet
 from cleanbench.data.embedded import load_embedded
 from cleanbench.errors import RunError
 from cleanbench.models import build_model
-from cleanbench.runner import Plan, run_cell
+from cleanbench.plan import Plan
+from cleanbench.runner import run_cell
 from cleanbench.seeding import torch_generator
 
 SMALL = dict(epochs=2, max_pairs=128, batch_size=32)

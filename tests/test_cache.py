@@ -11,7 +11,7 @@ import torch
 import cleanbench
 from cleanbench.cache import EVALUATIONS, POISONED_MODELS, ArtifactCache, content_key
 from cleanbench.config import DataConfig
-from cleanbench.runner import Plan, _digest
+from cleanbench.plan import Plan, _digest
 from cleanbench.trainer import TrainConfig
 
 

@@ -7,7 +7,8 @@ import yaml
 
 from cleanbench.cli import main
 from cleanbench.detection import DetectionPlan, resolve_detectors
-from cleanbench.runner import Plan, run_cell
+from cleanbench.plan import Plan
+from cleanbench.runner import run_cell
 
 TINY = {"data": {"n_pretrain": 256, "n_clean": 128, "n_test": 100},
         "pretrain": {"epochs": 1, "batch_size": 64, "warmup_steps": 1}, "poison_rate": 0.05}

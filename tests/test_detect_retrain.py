@@ -10,7 +10,8 @@ from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, ArtifactCache
 from cleanbench.detect_retrain import DetectRetrainOptions, ranked_removal
 from cleanbench.detectors.neighbourhood import KDistance
 from cleanbench.errors import UsageError
-from cleanbench.runner import Plan, run_cell
+from cleanbench.plan import Plan
+from cleanbench.runner import run_cell
 from cleanbench.stages import initial_model
 
 

@@ -10,7 +10,8 @@ import torch
 
 from cleanbench import environment
 from cleanbench.cli import main
-from cleanbench.runner import Plan, run_cell
+from cleanbench.plan import Plan
+from cleanbench.runner import run_cell
 
 
 def test_threads_and_synonym_source_are_part_of_the_cell(tiny):

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("defenses and detectors", ("defenses", "defenses.*", "detectors", "detectors.*")),
     ("records and caching", ("registry", "cache", "artifacts", "runcard", "tuning")),
     ("stages", ("stages", "detect_retrain")),
-    ("cell", ("runner", "trigger_fit", "presets", "summary", "export")),
+    ("cell", ("plan", "runner", "trigger_fit", "presets", "summary", "export")),
     ("tools", ("bench", "bench_measure", "bench_probes", "bench_report", "conformance", "detector_conformance", "attack_conformance",
                "gpu_check", "trigger_bench", "verify", "sweep", "sweep.*", "detection", "detection_report",
                "leaderboard", "leaderboard.*")),

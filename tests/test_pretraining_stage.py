@@ -17,7 +17,8 @@ from cleanbench.config import ModelConfig
 from cleanbench.conformance import check_defense
 from cleanbench.errors import UsageError
 from cleanbench.registry import load_plugin_file
-from cleanbench.runner import Plan, run_cell
+from cleanbench.plan import Plan
+from cleanbench.runner import run_cell
 from cleanbench.stages import initial_model
 
 HEADER = """

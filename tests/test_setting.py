@@ -7,7 +7,7 @@ import pytest
 from cleanbench.config import RunConfig, from_dict
 from cleanbench.errors import UsageError
 from cleanbench.presets import preset_values, setting_record
-from cleanbench.runner import Plan
+from cleanbench.plan import Plan
 from cleanbench.tuning import SHIPPED, record_path
 
 

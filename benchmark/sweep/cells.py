@@ -13,7 +13,7 @@ from cleanbench.cache import DEFENDED_MODELS, POISONED_MODELS, ArtifactCache
 from cleanbench.config import RunConfig, budget_label, from_dict, merge
 from cleanbench.errors import CleanbenchError, UsageError
 from cleanbench.runcard import RunCard, finished_card
-from cleanbench.runner import Plan
+from cleanbench.plan import Plan
 from cleanbench.sweep.grid import MAX_CELLS, Grid
 
 

@@ -18,7 +18,8 @@ from cleanbench.errors import Interrupted, RunError
 from cleanbench.executors import Executor, LocalExecutor, SequentialExecutor, SlurmExecutor
 from cleanbench.registry import load_plugin_file
 from cleanbench.runcard import RunCard
-from cleanbench.runner import Plan, run_cell
+from cleanbench.plan import Plan
+from cleanbench.runner import run_cell
 from cleanbench.sweep.cells import Cell, cell_cache, done_card
 from cleanbench.sweep.grid import ExecutorSpec
 
