@@ -17,6 +17,7 @@ import pandas as pd
 
 from cleanbench.detection import CARD_FOLDER, CARD_KIND
 from cleanbench.leaderboard.detections import pool
+from cleanbench.runcard import select_where
 
 METRICS = (("auroc", "AUROC"), ("auprc", "AUPRC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"))
 
@@ -82,23 +83,10 @@ def detections_markdown(folder: str, options: dict[str, list[str]]) -> str:
     from cleanbench.errors import UsageError
 
     cards, _ = load_detection_cards(folder)
-    for condition in options.get("where", []):
-        path, sep, wanted = condition.partition("=")
-        if not sep:
-            raise UsageError(f"where={condition!r}: expected where=PATH=VALUE, e.g. where=attack.name=badnet")
-        cards = [c for c in cards if str(_field(c, path)) == wanted]
+    cards = select_where(cards, options.get("where", []), "attack.name=badnet")
     if not cards:
         raise UsageError(f"no detection card in {folder!r} matches {options}")
     table = pooled_table(cards)
     lines = ["| " + " | ".join(table.columns) + " |", "| " + " | ".join("---" for _ in table.columns) + " |"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
-
-
-def _field(card: dict[str, Any], path: str) -> Any:
-    value: Any = card
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value

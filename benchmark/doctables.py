@@ -37,6 +37,7 @@ from typing import Any
 import click
 
 from cleanbench.errors import UsageError
+from cleanbench.runcard import select_where
 
 MARKER = re.compile(r"^(?P<indent> *)<!-- cleanbench-table (?P<spec>.*?) -->\n(?P<body>.*?)^(?P=indent)<!-- /cleanbench-table -->$",
                     re.M | re.S)
@@ -101,15 +102,6 @@ CARD_COLUMNS: dict[str, tuple[str, Callable[[dict], str]]] = {
 resolved options that tell it apart from the table's other cards (as the leaderboard labels rows)."""
 
 
-def _field(card: dict, path: str) -> Any:
-    value: Any = card
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 def _load(folder: str) -> list[dict]:
     from cleanbench.leaderboard.cards import load_cards
 
@@ -138,11 +130,7 @@ def _options_of(words: list[str]) -> dict[str, list[str]]:
 def cards_table(folder: str, options: dict[str, list[str]]) -> str:
     """The markdown table of the matching cards in `folder`."""
     cards = [c for c in _load(folder) if c["status"] == "ok"]
-    for condition in options.get("where", []):
-        path, sep, wanted = condition.partition("=")
-        if not sep:
-            raise UsageError(f"where={condition!r}: expected where=PATH=VALUE, e.g. where=config.seed=0")
-        cards = [c for c in cards if str(_field(c, path)) == wanted]
+    cards = select_where(cards, options.get("where", []), "config.seed=0")
     if "file" in options:
         cards = [c for c in cards if any(fnmatch.fnmatch(Path(c["_path"]).name, p) for p in options["file"])]
     if not cards:

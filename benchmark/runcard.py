@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cleanbench
+from cleanbench.errors import UsageError
 from cleanbench.fileio import RefusedFile, read_regular_file, write_json_atomic
 
 if TYPE_CHECKING:
@@ -339,3 +340,22 @@ def write_card(path: str | Path, card: RunCard) -> Path:
     """Write `card` atomically."""
     return write_json_atomic(path, card.to_dict())
 
+
+def select_where(cards: list[dict[str, Any]], conditions: list[str], example: str) -> list[dict[str, Any]]:
+    """The cards whose field at each condition's dotted PATH prints as its VALUE (`PATH=VALUE`, all
+    must hold); a condition without `=` is a UsageError that shows `example`."""
+    for condition in conditions:
+        path, sep, wanted = condition.partition("=")
+        if not sep:
+            raise UsageError(f"where={condition!r}: expected where=PATH=VALUE, e.g. where={example}")
+        cards = [c for c in cards if str(_field(c, path)) == wanted]
+    return cards
+
+
+def _field(card: dict[str, Any], path: str) -> Any:
+    value: Any = card
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
