@@ -67,6 +67,9 @@ def test_example_grids_expand():
     ({"base": {"data": {"n_pretrian": 10}}}, "base.data: unknown key 'n_pretrian'; did you mean 'n_pretrain'?"),
     ({"poison_rates": [2.0]}, "poison rate 2.0 is outside (0, 1]"),
     ({"executor": {"name": "ray"}}, "executor.name: unknown executor 'ray'"),
+    ({"attacks": [{"name": "badnet", "poison_rates": [1.5]}]}, "poison rate 1.5 is outside (0, 1]"),
+    ({"attacks": [{"name": "badnet", "poison_rates": []}]}, "attacks[0]: poison_rates: empty"),
+    ({"defenses": [{"name": "cleanclip", "poison_rates": [0.01]}]}, "defenses[0]: unknown key 'poison_rates'"),
 ])
 def test_bad_grids_are_refused_before_any_work(tmp_path, capsys, change, expected):
     grid = write_grid(tmp_path, **change)
@@ -95,6 +98,15 @@ def test_cells_sharing_a_poisoned_model_are_adjacent_and_duplicates_merge(tmp_pa
     for key in set(order):
         where = [i for i, k in enumerate(order) if k == key]
         assert where == list(range(where[0], where[-1] + 1))
+
+
+def test_an_attack_entry_runs_at_its_own_poison_rates(tmp_path):
+    grid = load_grid(write_grid(tmp_path, attacks=["none", "badnet", {"name": "blended", "poison_rates": [0.2]}],
+                                poison_rates=[0.05, 0.1], defenses=["none"]))
+    assert grid.size() == 1 * (2 + 2 + 1) and grid.all_budgets() == [(0.05, None), (0.1, None), (0.2, None)]
+    cells = expand(grid)
+    assert sorted((c.attack, c.budget) for c in cells) == [
+        ("badnet", "p0.05"), ("badnet", "p0.1"), ("blended", "p0.2"), ("none", "clean")]
 
 
 def test_sweep_trains_each_poisoned_model_once_then_reruns_without_work(tmp_path, capsys, monkeypatch):

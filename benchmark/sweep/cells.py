@@ -42,13 +42,16 @@ def expand(grid: Grid, results_dir: str | None = None, use_cache: bool = True,
 
     UsageError, before any cell is built, when the grid has more than `max_cells` cells."""
     if grid.size() > max_cells:
-        axes = (f"{len(grid.attacks)} attacks x {len(grid.defenses)} defenses x {len(grid.budgets)} budgets x "
+        axes = (f"{len(grid.attacks)} attacks x {len(grid.defenses)} defenses x {len(grid.all_budgets())} budgets x "
                 f"{len(grid.seeds)} seeds")
         raise UsageError(f"{grid.path}: {grid.size():,} cells ({axes}) is above the limit of {max_cells:,}; "
                          f"pass --max-cells {grid.size()} to expand it anyway (about 0.5 ms and 2.5 KB per cell), "
                          "or split the grid")
     cells: dict[str, Cell] = {}
-    for seed, (rate, count), attack, defense in itertools.product(grid.seeds, grid.budgets, grid.attacks, grid.defenses):
+    for seed, (rate, count), attack, defense in itertools.product(grid.seeds, grid.all_budgets(), grid.attacks,
+                                                                  grid.defenses):
+        if (rate, count) not in grid.budgets_of(attack):
+            continue
         values = merge(grid.base, {
             "attack": attack.name, "attack_options": attack.options, "defense": defense.name,
             "defense_options": defense.options, "poison_rate": rate, "poison_count": count, "seed": seed,

@@ -19,6 +19,7 @@ from cleanbench.registry import ATTACKS, DEFENSES, Registry, load_plugin_file
 GRID_KEYS = ("name", "results_dir", "base", "attacks", "defenses", "poison_rates", "poison_counts", "seeds",
              "plugins", "executor")
 ENTRY_KEYS = ("name", "options", "grid")
+BUDGET_KEYS = ("poison_rates", "poison_counts")
 EXECUTOR_KEYS = ("name", "workers", "gpus", "slurm")
 SET_BY_AXES = {
     "attack": "the `attacks` list", "attack_options": "the `attacks` list (options: ...)",
@@ -56,6 +57,8 @@ class Variant:
     name: str
     options: dict[str, Any]
     label: str
+    budgets: list[tuple[float | None, int | None]] | None = None
+    """An attack's own poison budgets (its entry's `poison_rates`/`poison_counts`); None: the grid's."""
 
 
 @dataclass
@@ -86,10 +89,22 @@ class Grid:
     plugins: list[str]
     executor: ExecutorSpec
 
+    def budgets_of(self, attack: Variant) -> list[tuple[float | None, int | None]]:
+        """The poison budgets `attack` runs at: its own when its entry gives them, else the grid's."""
+        return attack.budgets if attack.budgets is not None else self.budgets
+
+    def all_budgets(self) -> list[tuple[float | None, int | None]]:
+        """Every budget some attack runs at, the grid's first, then attacks' own in entry order."""
+        seen = list(self.budgets)
+        for attack in self.attacks:
+            seen += [budget for budget in self.budgets_of(attack) if budget not in seen]
+        return seen
+
     def size(self) -> int:
         """The number of cells before duplicates are merged (attack `none` ignores the budget): an upper
         bound of what `expand` returns, known without expanding."""
-        return len(self.seeds) * len(self.budgets) * len(self.attacks) * len(self.defenses)
+        per_seed = sum(len(self.budgets_of(attack)) for attack in self.attacks) * len(self.defenses)
+        return len(self.seeds) * per_seed
 
 
 def _variants(entries: Any, axis: str, registry: Registry, where: str) -> list[Variant]:
@@ -101,7 +116,7 @@ def _variants(entries: Any, axis: str, registry: Registry, where: str) -> list[V
         if isinstance(entry, str):
             entry = {"name": entry}
         _typed(entry, dict, at, "a plugin name or a mapping with name, options, grid")
-        check_keys(entry, ENTRY_KEYS, at)
+        check_keys(entry, ENTRY_KEYS + BUDGET_KEYS if axis == "attacks" else ENTRY_KEYS, at)
         if "name" not in entry:
             raise UsageError(f"{at}: missing key 'name'")
         name = _typed(entry["name"], str, f"{at}.name", "a plugin name")
@@ -116,10 +131,11 @@ def _variants(entries: Any, axis: str, registry: Registry, where: str) -> list[V
             _nonempty_list(values, f"{at}.grid.{key}", f"{key}: [1.0e-3, 2.0e-3]")
             if key in options:
                 raise UsageError(f"{at}.grid.{key}: also set in options; give it in one place")
+        budgets = _budgets(entry, at) if any(key in entry for key in BUDGET_KEYS) else None
         for combination in itertools.product(*grid.values()):
             values = {**options, **dict(zip(grid, combination))}
             build_options(cls.Options, values, f"{at}.grid")
-            out.append(Variant(name, values, name))
+            out.append(Variant(name, values, name, budgets))
     varying = _varying_options(out)
     for variant in out:  # label each variant by the options that tell it apart from its namesakes
         shown = [k for k in variant.options if k in varying[variant.name]]
@@ -166,7 +182,8 @@ def _executor_spec(values: Any, where: str) -> ExecutorSpec:
 
 
 def _budgets(values: dict[str, Any], where: str) -> list[tuple[float | None, int | None]]:
-    """The poison budgets: every rate of `poison_rates`, then every count of `poison_counts`."""
+    """The poison budgets of the grid or of one attack entry: every rate of `poison_rates`, then every count
+    of `poison_counts`."""
     budgets: list[tuple[float | None, int | None]] = []
     if "poison_rates" in values:
         rates = _nonempty_list(values["poison_rates"], f"{where}: poison_rates", "poison_rates: [0.01, 0.02]")
