@@ -114,7 +114,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
+def bench_environment(device: torch.device) -> dict[str, Any]:
+    """The device, its name, torch, threads, CPUs and the load average as a bench starts."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "load_average_start": list(os.getloadavg())}
@@ -124,7 +125,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda message: 
     """Measure every stage of a cell on `config.device` (see the module docstring)."""
     check_model(config.model)
     bench = CellProbes(config, log)
-    environment = _environment(bench.device)
+    environment = bench_environment(bench.device)
     log(f"preparing data and model ({config.model}, {bench.size} px, batch {config.batch_size}, {bench.device})")
     bench.prepare()
     bench.bare_forward()

@@ -57,6 +57,8 @@ class BenchConfig:
     eval_images: int = RunConfig().data.n_test
     peak_tflops: float | None = None
     reference_triggers: bool = False
+    speedups: bool = False
+    """Time the candidate speed-ups of a pretraining step (`bench_speedups`) instead of the stages."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +70,9 @@ class BenchConfig:
             raise UsageError("--image-size must be at least 8")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise UsageError("--peak-tflops must be positive")
+        if self.speedups and (self.reference_triggers or self.peak_tflops is not None):
+            raise UsageError("--speedups times a pretraining step against the measured matmul peak; "
+                             "drop --reference-triggers and --peak-tflops")
 
 
 @dataclass

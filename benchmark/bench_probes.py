@@ -35,7 +35,7 @@ from cleanbench.registry import ATTACKS, DEFENSES
 from cleanbench.plan import resolve_device
 from cleanbench.seeding import derive_seed, seed_everything, torch_generator
 from cleanbench.synonyms import embedded_table
-from cleanbench.trainer import Batch, Batches, TrainConfig, decay_groups, train
+from cleanbench.trainer import Batch, Batches, TrainConfig, adamw, train
 from cleanbench.trigger_bench import REFERENCE_OPTIONS, SIDE, reference_triggers
 
 POOL = 256
@@ -210,8 +210,7 @@ class CellProbes:
             features = (model.encode_image(bundle.model_input(encoded), normalize=True).float(),
                         model.encode_text(tokens, normalize=True).float())
         count = len(images)
-        optimizer = torch.optim.AdamW(decay_groups(model, stage_config.weight_decay), lr=stage_config.lr,
-                                      betas=(stage_config.beta1, stage_config.beta2), eps=stage_config.eps)
+        optimizer = adamw(model, stage_config)
         _bare_step(model, bundle.model_input(images), batch["tokens"], device)  # gradients for the optimizer
 
         def batching() -> None:

@@ -1,11 +1,16 @@
-"""The tables `cleanbench bench` prints from a `BenchResult`: stages, breakdown per step, cell estimate."""
+"""The tables `cleanbench bench` prints: from a `BenchResult` the stages, breakdown per step and cell
+estimate; from a `SpeedupResult` (`--speedups`) the candidate speed-ups of a pretraining step."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cleanbench.bench_measure import NOISY_SPREAD, STAGE_GROUPS, BenchResult
+from cleanbench.peak import MATMUL_SIDE
+
+if TYPE_CHECKING:
+    from cleanbench.bench_speedups import SpeedupResult
 
 
 def _fmt(value: float | None, pattern: str) -> str:
@@ -65,4 +70,47 @@ def format_result(result: BenchResult) -> str:
     lines.append("")
     lines.append("one default cell (`cleanbench run` defaults with this model and batch), estimated seconds:")
     lines.append("  " + ", ".join(f"{k} {v:.1f}" for k, v in result.estimate.items()))
+    return "\n".join(lines)
+
+
+def _difference(value: float | None) -> str:
+    return "" if value is None else "0" if value == 0 else f"{value:.1e}"
+
+
+def format_speedups(result: SpeedupResult) -> str:
+    """The table `cleanbench bench --speedups` prints: each variant's speed, share of peak and numbers."""
+    import pandas as pd
+
+    env, config = result.environment, result.config
+    lines = [f"{env['device']} ({env['device_name']}), torch {env['torch']}, {env['threads']} threads, "
+             f"{config.model} at {env['image_size']} px, batch {config.batch_size}, "
+             f"{result.flops_per_step / 1e9:.2f} GFLOP/step, {config.repeats} repetitions of {config.steps} steps, "
+             f"load average {env['load_average_start'][0]:.2f} -> {env['load_average_end'][0]:.2f}"]
+    table, unavailable, noisy = [], [], []
+    for row in result.figures():
+        if row["unavailable"]:
+            unavailable.append(f"  {row['variant']}: {row['unavailable']}")
+            table.append({"variant": row["variant"], "ms/step": "unavailable"})
+            continue
+        if row["spread"] > NOISY_SPREAD:
+            noisy.append(row["variant"])
+        table.append({
+            "variant": row["variant"], "ms/step": f"{row['ms_per_step']:.1f}", "spread": f"{row['spread']:.0%}",
+            "GFLOP/s": f"{row['achieved_gflops']:.1f}", "of peak": f"{row['of_peak']:.0%} {row['peak']}",
+            "vs float32": f"{row['vs_float32']:.2f}x", "compile s": _fmt(row["compile_seconds"], "{:.1f}"),
+            "loss diff": _difference(row["max_loss_difference"]),
+            "param diff": _difference(row["max_parameter_difference"]),
+        })
+    lines.append(pd.DataFrame(table).fillna("").to_string(index=False))
+    peaks = result.peak_tflops
+    lines.append(f"peak: measured {MATMUL_SIDE}x{MATMUL_SIDE} matmul, float32 {1e3 * peaks['float32']:.0f} "
+                 f"GFLOP/s, bfloat16 {1e3 * peaks['bfloat16']:.0f} GFLOP/s ({env['threads']} threads)")
+    lines.append(f"loss diff, param diff: largest absolute difference from float32's losses and final parameters, "
+                 f"{result.check_steps} steps from the same weights and seed")
+    if unavailable:
+        lines.append("unavailable on this device or build:")
+        lines.extend(unavailable)
+    if noisy:
+        lines.append(f"noisy: {', '.join(noisy)} spread over {NOISY_SPREAD:.0%} (the device was busy); "
+                     "'vs float32' pairs repetitions, but rerun on a quiet device for reliable figures")
     return "\n".join(lines)

@@ -70,6 +70,13 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def adamw(model: nn.Module, config: TrainConfig, **options: bool) -> torch.optim.AdamW:
+    """The trainer's AdamW on `model` with `config`'s hyperparameters and `decay_groups`; `options`
+    picks the implementation (`foreach=True`, `fused=True`), which `cleanbench bench --speedups` times."""
+    return torch.optim.AdamW(decay_groups(model, config.weight_decay), lr=config.lr,
+                             betas=(config.beta1, config.beta2), eps=config.eps, **options)
+
+
 def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up to `base_lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
     if step < warmup_steps:
@@ -104,9 +111,7 @@ def train(
     objective's schedule there (e.g. which epochs match captions, which pairs count as safe)."""
     device = torch.device(device)
     model.train()
-    optimizer = torch.optim.AdamW(
-        decay_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps
-    )
+    optimizer = adamw(model, config)
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     order = torch_generator(derive_seed(seed, stage, "batch-order"))
