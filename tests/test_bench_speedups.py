@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import statistics
 
 import pytest
 import torch
 
+from cleanbench.bench_measure import BenchConfig
 from cleanbench.bench_speedups import VARIANTS
+from cleanbench.bench_step import ChildStep, Variant
 from cleanbench.cli import main
 
 BATCH = 4
@@ -32,9 +35,9 @@ def _no_fused_adamw(original: type) -> type:
 
 
 @pytest.fixture(scope="module")
-def speedups(tmp_path_factory) -> tuple[dict, str, int]:
+def speedups(tmp_path_factory) -> tuple[dict, str, list]:
     """One tiny `bench --speedups` through the command line, with fused AdamW made unavailable: its
-    JSON, what it printed, and the thread count after it."""
+    JSON, what it printed, and the child processes left after it."""
     path = tmp_path_factory.mktemp("speedups") / "speedups.json"
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
@@ -43,7 +46,7 @@ def speedups(tmp_path_factory) -> tuple[dict, str, int]:
         code = main(["bench", "--speedups", "--device", "cpu", "--batch-size", str(BATCH), "--image-size", "16",
                      "--repeats", "2", "--steps", "1", "--json", str(path)])
     assert code == 0
-    return json.loads(path.read_text()), out.getvalue(), torch.get_num_threads()
+    return json.loads(path.read_text()), out.getvalue(), multiprocessing.active_children()
 
 
 def test_every_variant_is_printed_and_in_the_json(speedups):
@@ -87,7 +90,7 @@ def test_figures_follow_from_the_repetitions(speedups):
 
 
 def test_the_numbers_check_is_measured(speedups):
-    data, printed, threads = speedups
+    data, printed, _ = speedups
     rows = {row["variant"]: row for row in data["variants"] if not row["unavailable"]}
     # float32 against its own reference run: the step repeats exactly from the same weights and seed
     assert rows["float32"]["max_loss_difference"] == 0 and rows["float32"]["max_parameter_difference"] == 0
@@ -96,7 +99,25 @@ def test_the_numbers_check_is_measured(speedups):
     assert rows["bfloat16 autocast"]["max_parameter_difference"] > 0
     assert rows["torch.compile"]["max_loss_difference"] == 0  # the identity "compiler" of this test
     assert data["check_steps"] == 2 and "2 steps from the same weights and seed" in printed
-    assert threads == torch.get_num_threads() == data["environment"]["threads"]  # thread variants restore it
+    # the thread counts ran in their own processes: from the same build, so 1 thread differs only by
+    # the order of float sums, and the process's own count repeats float32 exactly
+    own = f"{torch.get_num_threads()} thread" + ("s" if torch.get_num_threads() > 1 else "")
+    assert rows[own]["max_loss_difference"] == 0 and rows[own]["max_parameter_difference"] == 0
+
+
+def test_the_child_processes_are_stopped(speedups):
+    assert speedups[2] == []
+
+
+def test_a_child_that_fails_reports_its_error():
+    child = ChildStep(Variant("0 threads", threads=0), BenchConfig(batch_size=2, image_size=8, steps=1))
+    try:
+        child.start()
+        with pytest.raises(RuntimeError, match="threads"):
+            child.ready()
+    finally:
+        child.close()
+    assert not child.process.is_alive()
 
 
 def test_speedups_refuse_the_stage_options(capsys):
