@@ -115,10 +115,13 @@ def _cpu_name() -> str:
 
 
 def bench_environment(device: torch.device) -> dict[str, Any]:
-    """The device, its name, torch, threads, CPUs and the load average as a bench starts."""
+    """The device, its name, torch, threads, OpenMP's wait policy (idle threads spin or sleep: on a busy
+    CPU it decides how much waiting threads take from the work), CPUs and the load average as a bench
+    starts."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "load_average_start": list(os.getloadavg())}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(),
+            "load_average_start": list(os.getloadavg())}
 
 
 def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda message: None) -> BenchResult:

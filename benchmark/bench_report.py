@@ -82,7 +82,8 @@ def format_speedups(result: SpeedupResult) -> str:
     import pandas as pd
 
     env, config = result.environment, result.config
-    lines = [f"{env['device']} ({env['device_name']}), torch {env['torch']}, {env['threads']} threads, "
+    policy = f" (OMP_WAIT_POLICY={env['omp_wait_policy']})" if env.get("omp_wait_policy") else ""
+    lines = [f"{env['device']} ({env['device_name']}), torch {env['torch']}, {env['threads']} threads{policy}, "
              f"{config.model} at {env['image_size']} px, batch {config.batch_size}, "
              f"{result.flops_per_step / 1e9:.2f} GFLOP/step, {config.repeats} repetitions of {config.steps} steps, "
              f"load average {env['load_average_start'][0]:.2f} -> {env['load_average_end'][0]:.2f}"]
