@@ -7,10 +7,9 @@ pretraining batches of the embedded data, then `zero_grad`, backward, the traine
 (`trainer.adamw`, the standard setting's hyperparameters at a constant learning rate) and the
 logit-scale clamp; the loss is read back every step, as the trainer does for its NaN check.
 
-A thread count is measured in its own process, started with `OMP_NUM_THREADS` set, as a sweep worker
-starts: changing the count inside a running process can leave OpenMP's waiting threads competing
-with the work (on a busy 2-core CPU, 2 threads after a switch to 1 and back ran 5x slower than 2
-threads before the switch), which would time the switch, not the thread count.
+A thread count is measured in its own process, started with `OMP_NUM_THREADS` set and the count set
+before any work, as a sweep worker starts: OpenMP builds its thread team for the count in use, and a
+count changed back and forth inside one process is not what any run does.
 """
 
 from __future__ import annotations
