@@ -15,7 +15,8 @@ and options (shell-quoted):
   (repeatable: any of them) matches the card's file name; `columns=` picks from `CARD_COLUMNS`; `headers=` renames them
   (comma-separated, same order).
 - `leaderboard`: rows of the leaderboard table built from the folder (mean ± std over seeds, DER
-  and rank), for `rates=` (e.g. `rates=clean,2%`).
+  and rank), for `rates=` (e.g. `rates=clean,2%`), and only the `attacks=` and `defenses=` given
+  (comma-separated names; default all).
 - `detections`: the detection cards under the folder's detections/, one row per attack, detector
   and options with mean [95 % interval] over seeds; `where=PATH=VALUE` as for `cards`.
 
@@ -161,8 +162,11 @@ def leaderboard_rows(folder: str, options: dict[str, list[str]]) -> str:
     rates = ",".join(options.get("rates", [])).split(",") if "rates" in options else None
     if rates:
         table = table[table["poison_rate"].isin(rates)]
+    for axis in ("attack", "defense"):
+        if f"{axis}s" in options:
+            table = table[table[axis].isin(",".join(options[f"{axis}s"]).split(","))]
     if table.empty:
-        raise UsageError(f"no leaderboard rows in {folder!r} for rates {rates}")
+        raise UsageError(f"no leaderboard rows in {folder!r} for {options}")
 
     def spread(row: Any, prefix: str, scale: float = 100, digits: int = 1) -> str:
         mean, std = row[f"{prefix}_mean"], row[f"{prefix}_std"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 import time
@@ -98,10 +99,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return path
 
 
+_NUMBER_LIST = re.compile(r"\[\n\s*(-?[0-9][-0-9.eE+]*(?:,\n\s*-?[0-9][-0-9.eE+]*)*)\n\s*\]")
+
+
+def json_text(value: Any) -> str:
+    """`value` as indented JSON, except that a list of numbers (poison indices, ranks) stays on one line."""
+    text = json.dumps(value, indent=2, sort_keys=False, allow_nan=True)
+    return _NUMBER_LIST.sub(lambda match: "[" + ", ".join(n.strip() for n in match.group(1).split(",")) + "]", text) + "\n"
+
+
 def write_json_atomic(path: str | Path, value: Any) -> Path:
-    """Write `value` as indented JSON to `path` atomically."""
-    text = json.dumps(value, indent=2, sort_keys=False, allow_nan=True) + "\n"
-    return write_bytes_atomic(path, text.encode())
+    """Write `value` as JSON (`json_text`) to `path` atomically."""
+    return write_bytes_atomic(path, json_text(value).encode())
 
 
 def read_regular_file(path: str | Path, max_bytes: int, root: str | Path | None = None) -> bytes:

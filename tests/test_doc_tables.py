@@ -34,3 +34,18 @@ def test_a_table_is_filled_from_the_cards_and_a_marker_without_cards_is_an_error
         render(text.replace("attack=badnet", "attack=wanet"), "x.md")
     with pytest.raises(UsageError, match="unknown table column 'nope'"):
         render(text.replace("columns=seed,defended_asr", "columns=nope"), "x.md")
+
+
+def test_a_leaderboard_excerpt_keeps_the_named_attacks_and_defenses(tmp_path, monkeypatch):
+    card = json.loads((ROOT / "tests" / "expected" / "small-cell.json").read_text())
+    (tmp_path / "r" / "runs").mkdir(parents=True)
+    (tmp_path / "r" / "runs" / "a.json").write_text(json.dumps(card))
+    monkeypatch.chdir(tmp_path)
+    attack, defense = card["config"]["attack"], card["config"]["defense"]
+    text = f"<!-- cleanbench-table leaderboard r defenses={defense} -->\n| stale |\n<!-- /cleanbench-table -->"
+    rows = [line for line in render(text, "x.md").splitlines() if line.startswith(f"| {attack} ")]
+    assert rows and all(f" {defense} " in row for row in rows)
+    with pytest.raises(UsageError, match="no leaderboard rows"):
+        render(text.replace(f"defenses={defense}", "defenses=nosuch"), "x.md")
+    with pytest.raises(UsageError, match="no leaderboard rows"):
+        render(text.replace(f"defenses={defense}", "attacks=nosuch"), "x.md")

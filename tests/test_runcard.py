@@ -37,3 +37,16 @@ def test_a_running_card_is_refused_and_a_failed_one_must_say_why(tmp_path):
         RunCard.from_dict({**card.to_dict(), "status": "running"})
     with pytest.raises(CardInvalid, match="error"):
         RunCard.from_dict({**card.to_dict(), "status": "failed"})
+
+
+def test_number_lists_are_written_on_one_line_and_read_back_unchanged(tmp_path):
+    from cleanbench.fileio import json_text, write_json_atomic
+
+    value = {"poison": {"indices": list(range(0, 4000, 5)), "ranks": [3, -1, 2.5e-07], "names": ["a", "b"]},
+             "nested": [[1, 2], [3]], "empty": []}
+    path = write_json_atomic(tmp_path / "card.json", value)
+    text = path.read_text()
+    assert json.loads(text) == value and text == json_text(value)
+    assert '"indices": [0, 5, 10,' in text and '"ranks": [3, -1, 2.5e-07]' in text
+    assert '"names": [\n' in text  # lists of strings keep one item per line
+    assert len(text.splitlines()) < 20

@@ -13,6 +13,7 @@ import codecs
 import csv
 import mmap
 import os
+from abc import abstractmethod
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -140,7 +141,27 @@ class CsvTable:
         return state
 
 
-class TableColumn(Sequence[str]):
+class StringRows(Sequence[str]):
+    """A read-only column of strings that subclasses compute one row at a time (`row`); indexing by int
+    (negative too) or slice, with an IndexError that names the valid range."""
+
+    @abstractmethod
+    def row(self, row: int) -> str:
+        """The string of row `row`, in 0..len-1."""
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self.row(i) for i in range(len(self))[index]]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} is outside 0..{len(self) - 1}")
+        return self.row(index % len(self))
+
+
+class TableColumn(StringRows):
     """One selected column of a `CsvTable` as a read-only sequence of strings."""
 
     def __init__(self, table: CsvTable, position: int) -> None:
@@ -150,13 +171,5 @@ class TableColumn(Sequence[str]):
     def __len__(self) -> int:
         return len(self.table)
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(len(self))[index]]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"row {index} is outside 0..{len(self) - 1}")
-        return self.table.fields(index % len(self))[self.position]
+    def row(self, row: int) -> str:
+        return self.table.fields(row)[self.position]

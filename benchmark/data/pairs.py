@@ -13,20 +13,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 import torch
 
 from cleanbench.data.base import PairSet
-from cleanbench.data.csvfile import CsvTable
+from cleanbench.data.csvfile import CsvTable, StringRows
 from cleanbench.data.images import CsvImagePaths, ImageFiles, stays_inside
 from cleanbench.data.lazy import BAD_IMAGE_POLICIES, LazyColumn, ReadLog
 from cleanbench.errors import UsageError
 
 
 
-class Captions(Sequence[str]):
+class Captions(StringRows):
     """Captions read on demand, some of them replaced (the poisoned rows')."""
 
     def __init__(self, column: Sequence[str], replaced: Mapping[int, str] | None = None) -> None:
@@ -36,16 +35,7 @@ class Captions(Sequence[str]):
     def __len__(self) -> int:
         return len(self.column)
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(len(self))[index]]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"row {index} is outside 0..{len(self) - 1}")
-        row = index % len(self)
+    def row(self, row: int) -> str:
         return self.replaced[row] if row in self.replaced else self.column[row]
 
     def replacing(self, replaced: Mapping[int, str]) -> Captions:
