@@ -26,7 +26,8 @@ from cleanbench.data.embedded import load_embedded
 from cleanbench.defenses.base import DefenseContext
 from cleanbench.defenses.contrastive import ContrastiveFinetune
 from cleanbench.errors import UsageError
-from cleanbench.evaluation import EVAL_TRIGGER_STREAM, IMAGE_BATCH, autocast, class_embeddings, evaluate
+from cleanbench.environment import autocast
+from cleanbench.evaluation import EVAL_TRIGGER_STREAM, IMAGE_BATCH, class_embeddings, evaluate
 from cleanbench.losses import cleanclip_loss, clip_loss, clip_objective
 from cleanbench.metrics import proportion, stealthiness
 from cleanbench.models import build_model, input_size

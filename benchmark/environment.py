@@ -28,6 +28,22 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def precision(device: torch.device | str) -> str:
+    """The arithmetic a run uses on `device`: float32 on the CPU; on CUDA, bfloat16 autocast where the GPU
+    supports it, else float16 autocast (training and evaluation alike)."""
+    if torch.device(device).type != "cuda":
+        return "float32"
+    return "bfloat16 autocast" if torch.cuda.is_bf16_supported() else "float16 autocast"
+
+
+def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context of `precision(device)`: none on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision(device).startswith("bfloat16") else torch.float16)
+
+
 def current(device: torch.device, threads: int | None = None) -> dict[str, Any]:
     """This process's environment facts on `device` (`threads`: torch's intra-op thread count, default now)."""
     return {
@@ -39,6 +55,7 @@ def current(device: torch.device, threads: int | None = None) -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": platform.machine(),
         "device": device_name(device),
+        "precision": precision(device),
         "threads": torch.get_num_threads() if threads is None else threads,
     }
 

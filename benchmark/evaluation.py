@@ -15,7 +15,6 @@ docs/reference.md §7, item 6) the triggered copy is made from the squashed imag
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 
@@ -27,20 +26,13 @@ from cleanbench.attacks.preview import EVAL_TRIGGER_STREAM
 from cleanbench.data.base import ClassificationSet
 from cleanbench.data.batches import Batches
 from cleanbench.data.column import ImageColumn
+from cleanbench.environment import autocast
 from cleanbench.metrics import image_distances, proportion, summarize_distances
 from cleanbench.models import ModelBundle
 
 TEXT_BATCH = 2048
 IMAGE_BATCH = 512
 """Images per forward pass when scoring a test set."""
-
-
-def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """Autocast for inference on CUDA (bf16 where supported, else fp16); nothing elsewhere."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from cleanbench import distributed
 from cleanbench.config import TrainConfig
 from cleanbench.data.batches import Batch, Batches
+from cleanbench.environment import autocast
 from cleanbench.errors import NonFiniteLossError
 from cleanbench.seeding import derive_seed, torch_generator
 
@@ -85,13 +86,6 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int
     return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / span)) * base_lr
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
 def train(
     model: nn.Module,
     batches: Batches,
@@ -129,7 +123,7 @@ def train(
             for batch in batches.epoch(order):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, config.lr, config.warmup_steps, total)
-                with _autocast(device):
+                with autocast(device):
                     loss = objective(view, batch)["loss"]
                     if isinstance(view, distributed.ShardedModel):
                         loss = view.with_every_parameter(loss)

@@ -29,7 +29,19 @@ def test_run_uses_the_configured_threads_and_records_them(tiny):
     env = card["environment"]
     assert env["threads"] == 1 and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["torch"] == torch.__version__ and card["config"]["threads"] == 1
+    assert env["precision"] == "float32"
     assert torch.get_num_threads() == before
+
+
+def test_precision_follows_the_device(monkeypatch):
+    assert environment.precision("cpu") == "float32"
+    assert not torch.is_autocast_enabled("cpu")
+    with environment.autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert environment.precision("cuda") == "bfloat16 autocast"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert environment.precision(torch.device("cuda", 0)) == "float16 autocast"
 
 
 def test_differences_name_each_fact():
