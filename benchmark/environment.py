@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 
 import cleanbench
@@ -46,6 +45,8 @@ def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
 
 def current(device: torch.device, threads: int | None = None) -> dict[str, Any]:
     """This process's environment facts on `device` (`threads`: torch's intra-op thread count, default now)."""
+    import open_clip  # here, not at the top: `cleanbench list` imports this module and must stay fast
+
     return {
         "cleanbench": cleanbench.__version__,
         "torch": torch.__version__,
