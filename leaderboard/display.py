@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from cleanbench.leaderboard.table import REFERENCE, slug
+from cleanbench.leaderboard.uncertainty import IMPLANT_ALPHA, IMPLANT_MIN_GAIN
 from cleanbench.leaderboard.views import Matrix, Ranked
 
 PERCENT = {"ca", "asr", "ra"}
@@ -76,8 +77,9 @@ def asr_bin(value: float) -> int:
     return 0 if missing(value) else min(9, max(0, int(value * 10)))
 
 
-def _implant_title(p: float) -> str:
-    return f"undefended ASR not above the clean control's in every seed (one-sided Fisher test, p = {p:.2g})"
+def _implant_title(p: float, gain: float) -> str:
+    return (f"undefended ASR not clearly above the clean control's: one-sided Fisher test in every seed, p = {p:.2g} "
+            f"(needs < {IMPLANT_ALPHA:g}); mean gain {number('d_asr', gain)} points (needs >= {IMPLANT_MIN_GAIN * 100:g})")
 
 
 def matrix_view(matrix: Matrix, multi: bool, stages: dict[str, str] | None = None) -> dict[str, Any]:
@@ -106,7 +108,7 @@ def matrix_view(matrix: Matrix, multi: bool, stages: dict[str, str] | None = Non
         first = next((c for c in cells if c is not None), None)
         rows.append({"attack": attack, "control": attack == REFERENCE, "implanted": implanted, "cells": shown,
                      "page": plugin_page("attack", attack),
-                     "implant_title": "" if first is None or missing(first["implant_p"]) else _implant_title(first["implant_p"])})
+                     "implant_title": "" if first is None or missing(first["implant_p"]) else _implant_title(first["implant_p"], first["implant_gain"])})
     return {"setting": matrix.setting, "rate": matrix.rate, "defenses": matrix.defenses, "rows": rows, "multi": multi,
             "stages": {d: (stages or {}).get(d, "") for d in matrix.defenses}}
 

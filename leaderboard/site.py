@@ -126,6 +126,8 @@ def _display_rows(table: pd.DataFrame, card_pages: dict[str, str], card_seeds: d
             "rank": None if missing(rank) else int(rank), "tied": bool(row["rank_tied"]), "tied_with": row["tied_with"],
             "role": row["role"], "implanted": None if missing(implanted) else bool(implanted),
             "implant_p": None if missing(row["implant_p"]) else float(row["implant_p"]),
+            "implant_gain": None if missing(row["implant_gain"]) else float(row["implant_gain"]),
+            "implant_gain_text": number("d_asr", row["implant_gain"]),
             "metrics": {prefix: _metric_cell(row, prefix) for prefix, _, _ in METRICS},
             "seeds": [{"page": card_pages[path], "seed": card_seeds[path][0], "status": card_seeds[path][1]}
                       for path in row["cards"]],

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cleanbench.leaderboard.cellstats import GroupDraws, Summary, cell_summaries, group_references
-from cleanbench.leaderboard.uncertainty import IMPLANT_ALPHA, bootstrap_ranks, implant_test
+from cleanbench.leaderboard.uncertainty import IMPLANT_ALPHA, IMPLANT_MIN_GAIN, bootstrap_ranks, implant_gain, implant_test
 
 # Keys of a config that vary inside one setting (or do not change the numbers at all).
 CELL_KEYS = frozenset({
@@ -155,9 +155,9 @@ def leaderboard_table(cards: list[dict]) -> pd.DataFrame:
 
     Columns: setting, setting_key, attack, poison_rate (label), rate (fraction), defense, role
     ("reference": defense none; "control": the clean control; "defense"), implanted (whether the
-    group's undefended ASR is above the clean control's, see `implant_test`; None when untested),
-    implant_p, status ("ok", "failed", "not run"), note, seeds, n_seeds, n_failed, cards (card file
-    paths), total_seconds, and for each metric in METRICS `<m>_mean`, `<m>_std`, `<m>_low`,
+    group's undefended ASR is clearly above the clean control's, see `implant_test` and `implant_gain`;
+    None when untested), implant_p, implant_gain, status ("ok", "failed", "not run"), note, seeds,
+    n_seeds, n_failed, cards (card file paths), total_seconds, and for each metric in METRICS `<m>_mean`, `<m>_std`, `<m>_low`,
     `<m>_high`, `<m>_method`, `<m>_best`; plus rank / rank_tied / tied_with (by DER, among the
     defenses of an implanted group; see `cleanbench.leaderboard.uncertainty`).
     """
@@ -221,6 +221,7 @@ def _row(setting_key: str, setting: str, attack: str, rate_label: str, rate: flo
     row: dict[str, Any] = {
         "setting": setting, "setting_key": setting_key, "attack": attack, "poison_rate": rate_label,
         "rate": rate, "defense": defense, "role": role, "implanted": None, "implant_p": math.nan,
+        "implant_gain": math.nan,
         "seeds": " ".join(str(s) for s in sorted(c["config"]["seed"] for c in group.ok)),
         "n_seeds": len(group.ok), "n_failed": len(group.failed),
         "cards": [c.get("_path", "") for c in group.ok + group.failed],
@@ -267,10 +268,12 @@ def _mark_implanted(table: pd.DataFrame, cells: dict[tuple, CellCards]) -> None:
         if not clean or not attacked:
             continue
         pooled = (sum(k for k, _ in clean.values()), sum(n for _, n in clean.values()))
-        p = implant_test([counts for _, counts in attacked], lambda seed: clean.get(seed, pooled),
-                         [seed for seed, _ in attacked])
+        counts, seeds = [counts for _, counts in attacked], [seed for seed, _ in attacked]
+        p = implant_test(counts, lambda seed: clean.get(seed, pooled), seeds)
+        gain = implant_gain(counts, lambda seed: clean.get(seed, pooled), seeds)
         table.loc[group.index, "implant_p"] = p
-        table.loc[group.index, "implanted"] = p < IMPLANT_ALPHA
+        table.loc[group.index, "implant_gain"] = gain
+        table.loc[group.index, "implanted"] = p < IMPLANT_ALPHA and gain >= IMPLANT_MIN_GAIN
 
 
 def ranked(group: pd.DataFrame) -> pd.DataFrame:

@@ -10,8 +10,10 @@ the replicates. Ranks come from the same replicates: row i beats row j when i is
 97.5 % of the paired replicates; rank = 1 + the number of rows that beat it; the best row (★) is the
 one that beats every other row, so a star and a rank never disagree.
 
-Whether an attack implanted is a test on the counts: in every seed, the undefended ASR is above the
-clean control's (one-sided Fisher exact test at 5 %).
+Whether an attack implanted is a test on the counts and a margin: in every seed, the undefended ASR
+is above the clean control's (one-sided Fisher exact test at 5 %), and the mean undefended ASR over
+the seeds is at least IMPLANT_MIN_GAIN above the clean control's mean (a 2 % ASR that is
+significantly above a 0.2 % base rate is not a backdoor whose removal can be ranked).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ REPLICATES = 4000
 CONFIDENCE = 0.95
 BEATS = (1 + CONFIDENCE) / 2
 IMPLANT_ALPHA = 0.05
+IMPLANT_MIN_GAIN = 0.10
 METHOD = "bootstrap"
 
 
@@ -96,3 +99,11 @@ def implant_test(attacked: Sequence[tuple[int, int]], clean: Callable[[int], tup
         _, p = fisher_exact([[k, n - k], [k0, n0 - k0]], alternative="greater")
         worst = max(worst, float(p))
     return worst
+
+
+def implant_gain(attacked: Sequence[tuple[int, int]], clean: Callable[[int], tuple[int, int]],
+                 seeds: Sequence[int]) -> float:
+    """The mean over seeds of the undefended ASR minus the mean of the clean control's (fractions)."""
+    undefended = np.mean([k / n for k, n in attacked])
+    base = np.mean([k0 / n0 for k0, n0 in (clean(seed) for seed in seeds)])
+    return float(undefended - base)

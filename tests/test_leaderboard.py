@@ -248,6 +248,19 @@ def test_an_attack_that_did_not_implant_is_left_out_of_the_rankings():
     assert rows["rank"].isna().all() and not rows[[f"{p}_best" for p, _, _ in METRICS]].to_numpy().any()
 
 
+def test_a_significant_but_small_asr_gain_is_not_an_implant():
+    # 5.0% against a 1.0% base rate on 1,000 images: p < 1e-6 in every seed, but a gain of 4 points
+    table = leaderboard_table(_group(none=((900, 1000), (50, 1000)), cleanclip=((880, 1000), (20, 1000)),
+                                     finetune=((890, 1000), (40, 1000))))
+    rows = table[table["attack"] == "badnet"]
+    assert (rows["implant_p"] < 1e-6).all() and rows["implant_gain"].tolist() == pytest.approx([0.04] * 3)
+    assert set(rows["implanted"]) == {False} and rows["rank"].isna().all()
+    # 12 points above the base rate passes the margin
+    table = leaderboard_table(_group(none=((900, 1000), (130, 1000)), cleanclip=((880, 1000), (20, 1000))))
+    row = _row(table, defense="cleanclip")
+    assert bool(row["implanted"]) and row["implant_gain"] == pytest.approx(0.12) and row["rank"] == 1
+
+
 def test_without_a_clean_control_the_group_is_ranked_untested():
     cards = [c for c in _group(none=((900, 1000), (900, 1000)), cleanclip=((880, 1000), (50, 1000)))
              if c["config"]["attack"] != "none"]
