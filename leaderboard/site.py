@@ -293,13 +293,13 @@ def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
     stages = defense_stages(cards)
     out = []
     for setting in settings:
-        defenses, n_groups = defense_ranking(analysis, setting)
+        defenses, n_groups, n_implanted = defense_ranking(analysis, setting)
         attacks, top_rate = attack_ranking(analysis, setting, cards)
         rates = list(table[(table["setting"] == setting) & (table["attack"] != "none")]
                      .drop_duplicates("poison_rate").sort_values("rate")["poison_rate"])
         key = table.loc[table["setting"] == setting, "setting_key"].iloc[0]
         out.append({"setting": setting, "facts": setting_facts([c for c in cards if c["_cell"][0] == key]),
-                    "n_groups": n_groups, "top_rate": top_rate, "rates": rates,
+                    "n_groups": n_groups, "n_implanted": n_implanted, "top_rate": top_rate, "rates": rates,
                     "matrices": [matrix_view(m, len(settings) > 1, stages) for m in all_matrices if m.setting == setting],
                     "defenses": defense_ranking_view(defenses, stages), "attacks": attack_ranking_view(attacks, rates)})
     return out

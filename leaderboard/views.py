@@ -81,32 +81,49 @@ def _sorted(entries: list[Ranked], higher_is_better: bool) -> list[Ranked]:
     return sorted(entries, key=lambda e: (e.rank is None, e.rank or 0, sign * (e.value if not math.isnan(e.value) else 0)))
 
 
-def defense_ranking(analysis: Analysis, setting: str) -> tuple[list[Ranked], int]:
-    """Defenses by mean DER over the implanted attack x rate groups of `setting` (each group counts
-    once), with its bootstrap interval; also the number of groups. A defense that did not run in
-    every such group is listed with its coverage but not ranked (its mean is over other groups)."""
+def defense_ranking(analysis: Analysis, setting: str) -> tuple[list[Ranked], int, int]:
+    """Defenses by mean DER over the implanted attack x rate groups of `setting` that every ranked
+    defense ran in (the common groups; each counts once), with its bootstrap interval. A defense that
+    ran in fewer than half of the implanted groups is listed with its coverage but not ranked, so one
+    sparse entry cannot shrink the comparison. Returns the entries, the number of common groups and
+    the number of implanted groups."""
     table = analysis.table[analysis.table["setting"] == setting]
     groups = [key for key, group in table.groupby(["setting_key", "attack", "poison_rate"], sort=False)
               if key[1] != REFERENCE and not ranked(group).empty]
+    coverage = {defense: [key for key in groups if "der" in analysis.replicates.get(key + (defense,), {})]
+                for defense in _order(table[table["role"] == "defense"]["defense"])}
+    coverage = {defense: keys for defense, keys in coverage.items() if keys}
+    wide = [defense for defense, keys in coverage.items() if 2 * len(keys) >= len(groups)]
+    common = [key for key in groups if all(key in coverage[defense] for defense in wide)]
     indexed = table.set_index(["setting_key", "attack", "poison_rate", "defense"])
     ranked_entries, reps, unranked = [], [], []
-    for defense in _order(table[table["role"] == "defense"]["defense"]):
-        keys = [key for key in groups if "der" in analysis.replicates.get(key + (defense,), {})]
-        if not keys:
-            continue
+    for defense, keys in coverage.items():
+        rank_it = defense in wide and bool(common)
+        keys = common if rank_it else keys
         values = {p: np.mean([analysis.replicates[key + (defense,)][p] for key in keys], axis=0) for p in ("der", "d_ca", "asr")}
         means = {p: float(np.mean([indexed.loc[key + (defense,), f"{p}_mean"] for key in keys])) for p in values}
         entry = Ranked(defense, means["der"], *interval(values["der"]),
                        extra={"d_ca": (means["d_ca"], *interval(values["d_ca"])), "asr": (means["asr"], *interval(values["asr"])),
-                              "groups": f"{len(keys)} of {len(groups)}"})
-        if len(keys) == len(groups):
+                              "groups": f"{len(keys)} of {len(groups)}" if rank_it else f"{len(coverage[defense])} of {len(groups)}"})
+        if rank_it:
             ranked_entries.append(entry)
             reps.append(values["der"])
         else:
-            entry.note = f"ran in {len(keys)} of the {len(groups)} groups: not comparable, not ranked"
+            entry.note = (f"ran in {len(coverage[defense])} of the {len(groups)} implanted groups (fewer than half): "
+                          "its mean is over other groups, not ranked")
             unranked.append(entry)
     _rank(ranked_entries, reps, higher_is_better=True)
-    return _sorted(ranked_entries, True) + unranked, len(groups)
+    return _sorted(ranked_entries, True) + unranked, len(common), len(groups)
+
+
+def ranking_rate(table: pd.DataFrame) -> str:
+    """The poison rate the attack ranking compares at: the one with the most attacks that implanted
+    and have a defended result (ties: the higher rate)."""
+    attacked = table[table["attack"] != REFERENCE]
+    counts = {}
+    for (rate_label, rate), group in attacked.groupby(["poison_rate", "rate"], sort=False):
+        counts[rate_label] = (sum(1 for _, rows in group.groupby("attack") if not ranked(rows).empty), rate)
+    return max(counts, key=lambda label: counts[label])
 
 
 def _threshold_rate(curve: list[tuple[float, float]], threshold: float) -> str:
@@ -139,14 +156,14 @@ def _stealth(cards: list[dict]) -> dict[str, float]:
 
 
 def attack_ranking(analysis: Analysis, setting: str, cards: list[dict]) -> tuple[list[Ranked], str]:
-    """Attacks by how well they survive: at the highest poison rate of the setting, the worst case
+    """Attacks by how well they survive: at the setting's `ranking_rate`, the worst case
     over the defenses of the post-defense ASR (the lowest ASR any defense leaves), with a bootstrap
     interval. Extra: per rate the undefended and worst-case ASR, the rates that reach 50 % and 90 %
     undefended ASR, and stealthiness. Returns the entries and the rate ranked at."""
     table = analysis.table[(analysis.table["setting"] == setting) & (analysis.table["attack"] != REFERENCE)]
     if table.empty:
         return [], ""
-    top_rate = table.sort_values("rate")["poison_rate"].iloc[-1]
+    top_rate = ranking_rate(table)
     entries, reps, unranked = [], [], []
     for attack in _order(table["attack"]):
         rows = table[table["attack"] == attack].sort_values("rate")

@@ -480,8 +480,8 @@ def test_defense_ranking_averages_der_over_the_implanted_groups_only():
     from cleanbench.leaderboard.views import defense_ranking
 
     analysis = analyse(_sweep_like())
-    entries, groups = defense_ranking(analysis, analysis.table["setting"].iloc[0])
-    assert groups == 3  # badnet 1%, badnet 2%, blended 2%; blended 1% did not implant
+    entries, groups, implanted = defense_ranking(analysis, analysis.table["setting"].iloc[0])
+    assert groups == implanted == 3  # badnet 1%, badnet 2%, blended 2%; blended 1% did not implant
     clean, fine = entries
     # DER per group, CA 90% -> 88% everywhere: (ASR drop - 0.02 + 1) / 2
     expected = {"cleanclip": [(0.35 - 0.02 + 1) / 2, (0.85 - 0.02 + 1) / 2, (0.15 - 0.02 + 1) / 2],
@@ -490,6 +490,47 @@ def test_defense_ranking_averages_der_over_the_implanted_groups_only():
     assert fine.value == pytest.approx(sum(expected["finetune"]) / 3)
     assert clean.rank == 1 and clean.best and fine.rank == 2 and clean.low < clean.value < clean.high
     assert clean.extra["groups"] == "3 of 3" and clean.extra["d_ca"][0] == pytest.approx(-0.02)
+
+
+def test_defense_ranking_compares_on_the_groups_every_ranked_defense_ran_in():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import attack_ranking, defense_ranking
+
+    extra = []  # roclip at 2% only (2 of 3 implanted groups), sparse at badnet 1% only (1 of 3)
+    for seed in range(3):
+        for attack, rate, asr, left in (("badnet", 0.02, 950, 30), ("blended", 0.02, 300, 40)):
+            extra.append(synthetic_card(attack=attack, rate=rate, defense="roclip", seed=seed, ca=(900, 1000),
+                                        asr=(asr, 1000), ca_after=(700, 1000), asr_after=(left, 1000)))
+        extra.append(synthetic_card(attack="badnet", rate=0.01, defense="sparse", seed=seed, ca=(900, 1000),
+                                    asr=(400, 1000), ca_after=(900, 1000), asr_after=(0, 1000)))
+    cards = _sweep_like() + extra
+    analysis = analyse(cards)
+    entries, groups, implanted = defense_ranking(analysis, analysis.table["setting"].iloc[0])
+    assert (groups, implanted) == (2, 3)
+    by_name = {e.name: e for e in entries}
+    assert by_name["roclip"].rank is not None and by_name["cleanclip"].rank is not None
+    assert by_name["cleanclip"].extra["groups"] == "2 of 3"  # badnet 2% and blended 2%, not badnet 1%
+    # cleanclip on the common groups: (0.85 - 0.02 + 1) / 2 and (0.15 - 0.02 + 1) / 2
+    assert by_name["cleanclip"].value == pytest.approx(((0.85 - 0.02 + 1) / 2 + (0.15 - 0.02 + 1) / 2) / 2)
+    assert by_name["sparse"].rank is None and "fewer than half" in by_name["sparse"].note
+    assert by_name["sparse"].extra["groups"] == "1 of 3"
+    # the attack ranking compares at the rate with the most implanted, defended attacks: 2% (two) over 1% (one)
+    assert attack_ranking(analysis, analysis.table["setting"].iloc[0], cards)[1] == "2%"
+
+
+def test_the_ranking_rate_is_the_one_with_the_most_implanted_attacks_not_the_highest():
+    from cleanbench.leaderboard.table import analyse
+    from cleanbench.leaderboard.views import ranking_rate
+
+    cards = [c for c in _sweep_like() if not (c["config"]["attack"] == "blended" and c["config"]["poison_rate"] == 0.02)]
+    for seed in range(3):  # blended at 5%, where it does not implant (12 of 1,000 against the base rate's 10)
+        cards.append(synthetic_card(attack="blended", rate=0.05, defense="none", seed=seed, ca=(900, 1000),
+                                    asr=(12, 1000), ca_after=(900, 1000), asr_after=(12, 1000)))
+        cards.append(synthetic_card(attack="blended", rate=0.05, defense="cleanclip", seed=seed, ca=(900, 1000),
+                                    asr=(12, 1000), ca_after=(880, 1000), asr_after=(10, 1000)))
+    table = analyse(cards).table
+    # one implanted attack at 1% and at 2% (badnet), none at 5%: the tie goes to 2%, not to the highest rate
+    assert ranking_rate(table) == "2%"
 
 
 def test_attack_ranking_uses_the_worst_case_over_defenses_and_the_rate_curve():

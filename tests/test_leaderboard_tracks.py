@@ -156,7 +156,8 @@ def test_new_defenses_and_attacks_appear_in_the_matrix_and_rankings_with_their_s
     assert 'par <span class="tag stage" title="the stage the defense acts in">post-training</span>' in matrix
     ranking = html[html.index('id="defense-ranking"'):html.index("</table>", html.index('id="defense-ranking"'))]
     assert ranking.count('class="tag stage"') == 3  # cleanclip, par, roclip
-    assert "roclip" in ranking and "not ranked" in ranking  # roclip ran against badnet only
+    # roclip ran against badnet only: half of the implanted groups, so all three are ranked on badnet alone
+    assert "roclip" in ranking and "not ranked" not in ranking and ranking.count('<td class="num">1 of 2</td>') == 3
     attacks = html[html.index('id="attack-ranking"'):html.index("</table>", html.index('id="attack-ranking"'))]
     assert "badclip" in attacks and "badnet" in attacks
 
