@@ -82,6 +82,7 @@ CARD_COLUMNS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "rate": ("rate", _rate),
     "seed": ("seed", lambda c: str(c["config"]["seed"])),
     "pretrain_epochs": ("pretraining epochs", lambda c: str(c["config"]["pretrain"]["epochs"])),
+    "pretrain_lr": ("pretraining lr", lambda c: f"{c['config']['pretrain']['lr']:g}"),
     "options": ("options", _options),
     "threads": ("threads", lambda c: str(c["config"].get("threads", c.get("device", {}).get("torch_threads", "?")))),
     "poisoned_ca": ("poisoned CA", _metric("poisoned", "ca_top1")),

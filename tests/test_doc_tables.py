@@ -34,6 +34,9 @@ def test_a_table_is_filled_from_the_cards_and_a_marker_without_cards_is_an_error
         render(text.replace("attack=badnet", "attack=wanet"), "x.md")
     with pytest.raises(UsageError, match="unknown table column 'nope'"):
         render(text.replace("columns=seed,defended_asr", "columns=nope"), "x.md")
+    schedule = render(text.replace("columns=seed,defended_asr", "columns=pretrain_epochs,pretrain_lr"), "x.md")
+    pretrain = card["config"]["pretrain"]
+    assert f"| pretraining epochs | pretraining lr |\n| --- | --- |\n| {pretrain['epochs']} | {pretrain['lr']:g} |" in schedule
 
 
 def test_a_leaderboard_excerpt_keeps_the_named_attacks_and_defenses(tmp_path, monkeypatch):
