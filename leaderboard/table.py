@@ -157,8 +157,8 @@ def leaderboard_table(cards: list[dict]) -> pd.DataFrame:
     ("reference": defense none; "control": the clean control; "defense"), implanted (whether the
     group's undefended ASR is clearly above the clean control's, see `implant_test` and `implant_gain`;
     None when untested), implant_p, implant_gain, status ("ok", "failed", "not run"), note, seeds,
-    n_seeds, n_failed, cards (card file paths), total_seconds, and for each metric in METRICS `<m>_mean`, `<m>_std`, `<m>_low`,
-    `<m>_high`, `<m>_method`, `<m>_best`; plus rank / rank_tied / tied_with (by DER, among the
+    n_seeds, n_failed, cards (card file paths), total_seconds, and for each metric in METRICS
+    `<m>_mean`, `<m>_std`, `<m>_low`, `<m>_high`, `<m>_method`, `<m>_best`; plus rank / rank_tied / tied_with (by DER, among the
     defenses of an implanted group; see `cleanbench.leaderboard.uncertainty`).
     """
     return analyse(cards).table
@@ -269,8 +269,8 @@ def _mark_implanted(table: pd.DataFrame, cells: dict[tuple, CellCards]) -> None:
             continue
         pooled = (sum(k for k, _ in clean.values()), sum(n for _, n in clean.values()))
         counts, seeds = [counts for _, counts in attacked], [seed for seed, _ in attacked]
-        p = implant_test(counts, lambda seed: clean.get(seed, pooled), seeds)
-        gain = implant_gain(counts, lambda seed: clean.get(seed, pooled), seeds)
+        baseline = lambda seed: clean.get(seed, pooled)  # noqa: E731
+        p, gain = implant_test(counts, baseline, seeds), implant_gain(counts, baseline, seeds)
         table.loc[group.index, "implant_p"] = p
         table.loc[group.index, "implant_gain"] = gain
         table.loc[group.index, "implanted"] = p < IMPLANT_ALPHA and gain >= IMPLANT_MIN_GAIN

@@ -104,12 +104,12 @@ def defense_ranking(analysis: Analysis, setting: str) -> tuple[list[Ranked], int
         means = {p: float(np.mean([indexed.loc[key + (defense,), f"{p}_mean"] for key in keys])) for p in values}
         entry = Ranked(defense, means["der"], *interval(values["der"]),
                        extra={"d_ca": (means["d_ca"], *interval(values["d_ca"])), "asr": (means["asr"], *interval(values["asr"])),
-                              "groups": f"{len(keys)} of {len(groups)}" if rank_it else f"{len(coverage[defense])} of {len(groups)}"})
+                              "groups": f"{len(keys)} of {len(groups)}"})
         if rank_it:
             ranked_entries.append(entry)
             reps.append(values["der"])
         else:
-            entry.note = (f"ran in {len(coverage[defense])} of the {len(groups)} implanted groups (fewer than half): "
+            entry.note = (f"ran in {len(keys)} of the {len(groups)} implanted groups (fewer than half): "
                           "its mean is over other groups, not ranked")
             unranked.append(entry)
     _rank(ranked_entries, reps, higher_is_better=True)
