@@ -1,6 +1,8 @@
-"""The named `standard` setting: its values, how a run departs from it, and the per-defense defaults."""
+"""The named `standard` settings: their values, how a run departs from them, and the per-defense defaults."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +75,36 @@ def test_the_leaderboard_labels_a_setting_by_its_name():
     config = standard().to_dict()
     assert setting_of(config)[1].startswith("standard · cleanbench-tiny")
     assert setting_of({**config, "setting": None})[1].startswith("cleanbench-tiny")
+
+
+def _published_grid_cell(grid_file: str):
+    """A shipped grid file (results/) and the config of its badnet x cleanclip cell."""
+    from cleanbench.config import merge
+    from cleanbench.sweep.grid import load_grid
+
+    grid = load_grid(Path(__file__).parent.parent / "results" / grid_file)
+    return grid, from_dict(RunConfig, merge(grid.base, {"attack": "badnet", "defense": "cleanclip"}))
+
+
+def test_standard_v2_changes_only_the_pretraining_schedule_and_the_tuning_record():
+    old, new = preset_values("standard"), preset_values("standard-v2")
+    assert (new["pretrain"]["epochs"], new["pretrain"]["lr"]) == (4, 4e-3)
+    assert record_path(new["tuning"]) == SHIPPED / "standard-v2.tuning.json"
+    changed = {key for key in old if old[key] != new[key]}
+    assert changed == {"setting", "pretrain", "tuning"}
+    assert {k for k in old["pretrain"] if old["pretrain"][k] != new["pretrain"][k]} == {"epochs", "lr"}
+
+
+@pytest.mark.parametrize("grid_file", ["standard-sweep.yaml", "standard-methods.yaml", "standard-v2-sweep.yaml",
+                                       "standard-v2-methods.yaml"])
+def test_a_published_grid_runs_its_setting_as_published(grid_file):
+    grid, config = _published_grid_cell(grid_file)
+    assert setting_record(config) == {"name": grid.base["setting"], "deviations": []}
+    assert config.tuning == grid.base["setting"]
+
+
+@pytest.mark.parametrize("grid_file", ["standard-tradeoff.yaml", "standard-v2-tradeoff.yaml"])
+def test_a_tradeoff_grid_runs_its_setting_with_every_lr_instead_of_the_tuned_one(grid_file):
+    grid, config = _published_grid_cell(grid_file)
+    assert setting_record(config) == {"name": grid.base["setting"], "deviations": ["tuning"]}
+    assert {variant.options["lr"] for variant in grid.defenses if variant.name == "cleanclip"} == {5e-5, 1e-4, 2e-4, 5e-4}
