@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -177,25 +178,36 @@ def _plugin_info(cards: list[dict], role: str, label: str) -> dict[str, Any]:
             "stage": plugin.get("stage"), "options": plugin.get("options", {})}
 
 
-def build_site(results_dir: str | Path, site_dir: str | Path, tradeoff_dir: str | Path | None = None) -> BuildReport:
+def build_site(results_dir: str | Path | Sequence[str | Path], site_dir: str | Path,
+               tradeoff_dir: str | Path | Sequence[str | Path] | None = None) -> BuildReport:
     """Build the leaderboard site in `site_dir` from the run cards under `results_dir/runs`.
 
-    `tradeoff_dir`, when given, is a second results folder (a strength-grid sweep such as
-    `results/standard-tradeoff.yaml`'s) whose cards feed only the trade-off plots; without it the
-    trade-off plots come from `results_dir`'s own cards."""
-    results_dir, site_dir = Path(results_dir), Path(site_dir)
-    scan = scan_cards(results_dir)
+    `results_dir` may be several folders (e.g. one per setting): their cards join one site, each
+    setting in its own tables, in the order of the folders. `tradeoff_dir`, when given, is one or
+    more results folders (strength-grid sweeps such as `results/standard-tradeoff.yaml`'s) whose
+    cards feed only the trade-off plots; without it the trade-off plots come from the site's own cards."""
+    results_dirs, site_dir = _folders(results_dir), Path(site_dir)
+    scan = CardScan()
+    for folder in results_dirs:
+        found = scan_cards(folder)
+        scan.cards += found.cards
+        scan.rejected += found.rejected
     if not scan.cards:
         skipped = f"; {len(scan.rejected)} files skipped, e.g. {scan.rejected[0][0]}: {scan.rejected[0][1]}" if scan.rejected else ""
-        raise UsageError(f"no valid run cards under {str(results_dir / 'runs')!r}{skipped}")
+        where = " or ".join(repr(str(folder / "runs")) for folder in results_dirs)
+        raise UsageError(f"no valid run cards under {where}{skipped}")
     analysis = analyse(scan.cards)
     table = analysis.table
-    detection_cards, detection_rejected = load_detection_cards(results_dir)
+    detection_cards, detection_rejected = [], []
+    for folder in results_dirs:
+        found_cards, found_rejected = load_detection_cards(folder)
+        detection_cards += found_cards
+        detection_rejected += found_rejected
     _prepare(site_dir)
     _copy_static(site_dir)
     env = _environment()
     figures = draw_all(table, site_dir)
-    tradeoffs = _tradeoffs(table, scan, tradeoff_dir, site_dir)
+    tradeoffs = _tradeoffs(table, scan, None if tradeoff_dir is None else _folders(tradeoff_dir), site_dir)
     gallery = draw_gallery(scan.cards, site_dir)
 
     card_pages = {c["_path"]: f"cards/{slug(Path(c['_path']).stem, c['_path'])}.html" for c in scan.cards}
@@ -260,16 +272,24 @@ def build_site(results_dir: str | Path, site_dir: str | Path, tradeoff_dir: str 
                        scan.rejected + detection_rejected)
 
 
-def _tradeoffs(table: pd.DataFrame, scan: CardScan, tradeoff_dir: str | Path | None, site_dir: Path) -> list[Figure]:
-    """The trade-off plots, from `tradeoff_dir`'s cards when given (its invalid files join the
-    scan's skipped list), else from the site's own table."""
-    if tradeoff_dir is None:
+def _folders(value: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One folder or several, as a list of paths."""
+    return [Path(value)] if isinstance(value, (str, Path)) else [Path(v) for v in value]
+
+
+def _tradeoffs(table: pd.DataFrame, scan: CardScan, tradeoff_dirs: list[Path] | None, site_dir: Path) -> list[Figure]:
+    """The trade-off plots, from the `tradeoff_dirs` folders' cards when given (their invalid files
+    join the scan's skipped list), else from the site's own table."""
+    if tradeoff_dirs is None:
         return draw_tradeoffs(table, scan.cards, site_dir)
-    grid = scan_cards(Path(tradeoff_dir))
-    scan.rejected.extend(grid.rejected)
-    if not grid.cards:
-        raise UsageError(f"no valid run cards under {str(Path(tradeoff_dir) / 'runs')!r} (the --tradeoff folder)")
-    return draw_tradeoffs(analyse(grid.cards).table, grid.cards, site_dir)
+    cards = []
+    for folder in tradeoff_dirs:
+        grid = scan_cards(folder)
+        scan.rejected.extend(grid.rejected)
+        if not grid.cards:
+            raise UsageError(f"no valid run cards under {str(folder / 'runs')!r} (a --tradeoff folder)")
+        cards += grid.cards
+    return draw_tradeoffs(analyse(cards).table, cards, site_dir)
 
 
 def _sweep_facts(cards: list[dict], defenses: list[str], site_dir: Path) -> dict[str, Any]:
@@ -288,7 +308,8 @@ def _sweep_facts(cards: list[dict], defenses: list[str], site_dir: Path) -> dict
 def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:
     """Per setting: its matrices (one per poison rate) and its defense and attack rankings."""
     table = analysis.table
-    settings = list(dict.fromkeys(table["setting"]))
+    labels = dict(zip(table["setting_key"], table["setting"]))
+    settings = list(dict.fromkeys(labels[c["_cell"][0]] for c in cards if c["_cell"][0] in labels))
     all_matrices = matrices(table)
     stages = defense_stages(cards)
     out = []

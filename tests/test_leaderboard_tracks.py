@@ -256,3 +256,24 @@ def test_no_trade_off_plot_without_a_grid_or_when_two_options_change(tmp_path):
     write_cards(tmp_path / "results", cards)
     build_site(tmp_path / "results", tmp_path / "site")
     assert "tradeoff-heading" not in (tmp_path / "site" / "index.html").read_text()
+
+
+def test_several_results_folders_make_one_site_with_a_table_per_setting_in_folder_order(tmp_path, capsys):
+    from cleanbench.cli import main
+
+    def cards(setting: str, ca: int) -> list[dict]:
+        out = []
+        for seed in range(2):
+            for attack, defense, rate in (("none", "none", None), ("badnet", "none", 0.02), ("badnet", "cleanclip", 0.02)):
+                out.append(synthetic_card(attack=attack, defense=defense, seed=seed, rate=rate, setting=setting,
+                                          ca_after=(ca, 100), asr_after=(95 if defense == "none" and attack != "none" else 5, 100)))
+        return out
+
+    write_cards(tmp_path / "new", cards("standard-v2", 90))
+    write_cards(tmp_path / "old", cards("standard", 80))
+    assert main(["leaderboard", str(tmp_path / "new"), str(tmp_path / "old"), "-o", str(tmp_path / "site")]) == 0
+    assert "12 run cards" in capsys.readouterr().out
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert html.index("Attack × defense · standard-v2") < html.index("Attack × defense · standard ·")
+    assert main(["leaderboard", str(tmp_path / "new"), str(tmp_path / "missing")]) != 0
+    assert f"{str(tmp_path / 'missing')!r} does not exist" in capsys.readouterr().err
