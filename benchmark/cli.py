@@ -59,7 +59,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--threat", default=None, type=click.Choice(["scratch", "finetune-pretrained"]), help="Train the poisoned model from random weights, or finetune --pretrained weights [default: scratch].")
 @click.option("--results-dir", default=None, help=f"Where run cards go [default: {DEFAULTS.results_dir}].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML config (or a run card to reproduce); options override it.")
-@click.option("--preset", default=None, help="Named settings under --config and the options: standard (docs/setting.md; the default without --config, --data or --model), paper-cc3m-rn50-scratch, paper-openai-rn50-finetune (docs/real-data.md).")
+@click.option("--preset", default=None, help="Named settings under --config and the options: standard-v2 (docs/setting.md; the default without --config, --data or --model), standard (its first version), paper-cc3m-rn50-scratch, paper-openai-rn50-finetune (docs/real-data.md).")
 @click.option("--data", default=None, type=click.Path(dir_okay=False), help="CSV of image-caption pairs (columns image,caption; paths relative to it): train on files (data.source csv).")
 @click.option("--eval-data", default=None, help="Zero-shot test set: a folder with labels.csv or class sub-folders, or torchvision:NAME:ROOT.")
 @click.option("--save-model", default=None, type=click.Path(file_okay=False), help="Folder to save the poisoned and defended models in, as open_clip folders (local-dir:).")
@@ -135,7 +135,7 @@ def run(**options) -> None:
 
 
 def _default_preset(options: dict) -> str | None:
-    """`standard` for a run on the embedded data with the default model and no config file; None
+    """The default setting (`standard-v2`) for a run on the embedded data with the default model and no config file; None
     otherwise (a config file, file data or another model start from the plain option defaults)."""
     from cleanbench.presets import DEFAULT_SETTING
 
@@ -186,7 +186,7 @@ def _entry_line(entry, reference_attr: str) -> str:
 @click.argument("results_dir", default=DEFAULTS.results_dir, type=click.Path(file_okay=False))
 def results(results_dir: str) -> None:
     """Print a table of the run cards in RESULTS_DIR (a folder with a runs/ folder, e.g. a published
-    sweep such as results/sweeps/standard, or a runs/ folder itself); files that are not valid cards
+    sweep such as results/sweeps/standard-v2, or a runs/ folder itself); files that are not valid cards
     are listed on stderr with the reason."""
     from cleanbench.leaderboard.cards import cards_table, scan_cards
 
@@ -199,7 +199,7 @@ def results(results_dir: str) -> None:
     if not cards:
         skipped = f" ({len(rejected)} files skipped, listed above)" if rejected else ""
         raise UsageError(f"no valid run cards under {results_dir!r}{skipped}; run `cleanbench run` first, or name a "
-                         "results folder, e.g. `cleanbench results results/sweeps/standard`")
+                         "results folder, e.g. `cleanbench results results/sweeps/standard-v2`")
     click.echo(cards_table(cards).to_string(index=False))
     if rejected:
         click.echo(f"{len(cards)} run cards; {len(rejected)} files skipped (listed on stderr)")

@@ -63,7 +63,7 @@ def _config(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--results-dir", default=None, help="Where detection cards go (its detections/ folder) [default: results].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="YAML config or run card of the cell (model, data, pretraining); options override it.")
-@click.option("--preset", default=None, help="Named settings under --config, as for `cleanbench run` [default: standard without --config].")
+@click.option("--preset", default=None, help="Named settings under --config, as for `cleanbench run` [default: standard-v2 without --config].")
 @click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers plugins; repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def detect_command(**options: Any) -> None:

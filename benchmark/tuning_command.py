@@ -29,7 +29,7 @@ def _grid(text: str | None, default: tuple[float, ...]) -> list[float]:
 @click.option("--budget", type=float, default=DEFAULT_BUDGET_POINTS, help="Largest validation CA drop allowed, in points.")
 @click.option("--grid", default=None, help="Values of the strength knob to try, weakest first, comma-separated [default: the defense's].")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML config of the setting.")
-@click.option("--preset", default=None, help="Named setting, e.g. standard.")
+@click.option("--preset", default=None, help="Named setting, e.g. standard-v2.")
 @click.option("--results-dir", default="results/tuning", help="Where the clean-control run cards go.")
 @click.option("--output", default=None, type=click.Path(dir_okay=False), help="The tuning record [default: RESULTS_DIR/<setting>.json].")
 @click.option("--update", is_flag=True, help="Add or replace the tuned defenses' entries in the record at --output "

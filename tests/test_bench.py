@@ -107,9 +107,9 @@ def test_breakdown_and_estimate_add_up(bench_json):
     estimate = data["cell_estimate_seconds"]
     assert estimate["total"] == pytest.approx(sum(v for k, v in estimate.items() if k != "total"))
     assert all(v >= 0 for v in estimate.values())
-    # the default cell is the standard setting's: 3 epochs of 40,000 pairs in batches of BATCH; CleanCLIP
+    # the default cell is the default setting's: 4 epochs of 40,000 pairs in batches of BATCH; CleanCLIP
     # 10 epochs of 1,200 pairs in batches of 64, each costing 64 / BATCH of a timed step
-    assert estimate["pretraining"] == pytest.approx(3 * (40_000 // BATCH) * pretrain["median_seconds"] / pretrain["steps"])
+    assert estimate["pretraining"] == pytest.approx(4 * (40_000 // BATCH) * pretrain["median_seconds"] / pretrain["steps"])
     cleanclip = rows["train:cleanclip"]
     assert estimate["defense (cleanclip)"] == pytest.approx(
         10 * (1_200 // 64) * (64 / BATCH) * cleanclip["median_seconds"] / cleanclip["steps"])

@@ -173,4 +173,4 @@ def test_without_config_detect_uses_the_setting_run_uses():
 
     options = dict(config_file=None, preset=None, attack=None, target=None, device=None, results_dir=None,
                    poison_rate=None, poison_count=None, attack_opt=())
-    assert _config(options)["setting"] == "standard"
+    assert _config(options)["setting"] == "standard-v2"

@@ -54,11 +54,11 @@ def test_the_setting_name_is_part_of_the_poisoned_model_key(tmp_path):
     assert named.poisoned_model_key() != plain.poisoned_model_key()
 
 
-def test_a_plain_run_uses_the_standard_setting_and_own_data_or_models_do_not():
+def test_a_plain_run_uses_the_standard_v2_setting_and_own_data_or_models_do_not():
     from cleanbench.cli import _default_preset
 
     plain = dict(config_file=None, data=None, eval_data=None, model=None, pretrained=None, threat=None)
-    assert _default_preset(plain) == "standard"
+    assert _default_preset(plain) == "standard-v2"
     for key, value in (("config_file", "c.yaml"), ("data", "train.csv"), ("model", "RN50")):
         assert _default_preset({**plain, key: value}) is None
 
