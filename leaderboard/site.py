@@ -10,7 +10,7 @@ import json
 import math
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -187,9 +187,10 @@ def build_site(results_dir: str | Path | Sequence[str | Path], site_dir: str | P
     more results folders (strength-grid sweeps such as `results/standard-tradeoff.yaml`'s) whose
     cards feed only the trade-off plots; without it the trade-off plots come from the site's own cards."""
     results_dirs, site_dir = _folders(results_dir), Path(site_dir)
-    scan = CardScan()
+    scan, cards_by_folder = CardScan(), []
     for folder in results_dirs:
         found = scan_cards(folder)
+        cards_by_folder.append(found.cards)
         scan.cards += found.cards
         scan.rejected += found.rejected
     if not scan.cards:
@@ -233,7 +234,7 @@ def build_site(results_dir: str | Path | Sequence[str | Path], site_dir: str | P
            statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected + detection_rejected, n_cards=len(scan.cards),
            detections=detection_views(detection_cards), n_detection_cards=len(detection_cards),
            n_ok=sum(c["status"] == "ok" for c in scan.cards), views=_views(analysis, scan.cards))
-    render("add-defense.html", "add-defense.html", title="Add your defense", sweep=_sweep_facts(scan.cards, defenses, site_dir))
+    render("add-defense.html", "add-defense.html", title="Add your defense", sweep=_sweep_facts(cards_by_folder, defenses, site_dir))
     for attack in attacks:
         info = _plugin_info(scan.cards, "attack", attack)
         render("plugin.html", f"attacks/{slug(attack)}.html", title=f"Attack: {attack}", role="attack", info=info,
@@ -292,17 +293,26 @@ def _tradeoffs(table: pd.DataFrame, scan: CardScan, tradeoff_dirs: list[Path] | 
     return draw_tradeoffs(analyse(cards).table, cards, site_dir)
 
 
-def _sweep_facts(cards: list[dict], defenses: list[str], site_dir: Path) -> dict[str, Any]:
-    """Where the cards came from, for the "add your defense" page: the grid file named by the cards'
-    `cleanbench sweep` commands, their results folder, and how many cells one more defense adds."""
-    grids = Counter(c.get("command", "").split()[2] for c in cards
-                    if isinstance(c.get("command"), str) and c["command"].startswith("cleanbench sweep ") and len(c["command"].split()) > 2)
-    folders = Counter(str(c["config"].get("results_dir")) for c in cards if c["config"].get("results_dir"))
+def _sweep_facts(cards_by_folder: list[list[dict]], defenses: list[str], site_dir: Path) -> dict[str, Any]:
+    """Where the cards came from, for the "add your defense" page: the grid file named by the first
+    folder's `cleanbench sweep` commands, its results folder and defenses, how many cells one more
+    defense adds there, and every folder of the site (as the cards record them) for the rebuild."""
+    cards = next((folder for folder in cards_by_folder if folder), [])
+    grid = _most_common(c["command"].split()[2] for c in cards if isinstance(c.get("command"), str)
+                        and c["command"].startswith("cleanbench sweep ") and len(c["command"].split()) > 2)
+    recorded = [_most_common(str(c["config"]["results_dir"]) for c in folder if c["config"].get("results_dir"))
+                for folder in cards_by_folder]
     reference = [c for c in cards if c["config"]["defense"] == "none"]
-    return {"grid": grids.most_common(1)[0][0] if grids else None,
-            "results_dir": folders.most_common(1)[0][0] if folders else None,
+    own = {c["_cell"][3] for c in cards}
+    return {"grid": grid, "results_dir": recorded[0] if recorded else None,
+            "folders": [f for f in recorded if f] or ["RESULTS_DIR"],
             "site": site_dir.as_posix() if not site_dir.is_absolute() else "SITE_DIR",
-            "defenses": [d for d in defenses if "(" not in d], "new_cells": len(reference)}
+            "defenses": list(dict.fromkeys(d.split(" (")[0] for d in defenses if d in own)), "new_cells": len(reference)}
+
+
+def _most_common(values: Iterable[str]) -> str | None:
+    counts = Counter(values)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def _views(analysis: Analysis, cards: list[dict]) -> list[dict[str, Any]]:

@@ -259,21 +259,34 @@ def test_no_trade_off_plot_without_a_grid_or_when_two_options_change(tmp_path):
 
 
 def test_several_results_folders_make_one_site_with_a_table_per_setting_in_folder_order(tmp_path, capsys):
+    import html as html_module
+
     from cleanbench.cli import main
 
-    def cards(setting: str, ca: int) -> list[dict]:
+    def cards(setting: str, ca: int, lr: float) -> list[dict]:
         out = []
         for seed in range(2):
             for attack, defense, rate in (("none", "none", None), ("badnet", "none", 0.02), ("badnet", "cleanclip", 0.02)):
                 out.append(synthetic_card(attack=attack, defense=defense, seed=seed, rate=rate, setting=setting,
                                           ca_after=(ca, 100), asr_after=(95 if defense == "none" and attack != "none" else 5, 100)))
+                if defense == "cleanclip":  # tuned per setting: its rows are labelled "cleanclip (lr=...)"
+                    out[-1]["config"]["defense_options"] = out[-1]["defense"]["options"] = {"lr": lr}
         return out
 
-    write_cards(tmp_path / "new", cards("standard-v2", 90))
-    write_cards(tmp_path / "old", cards("standard", 80))
+    folders = {"new": cards("standard-v2", 90, 5e-4), "old": cards("standard", 80, 2e-4)}
+    for name, folder_cards in folders.items():
+        for card in folder_cards:
+            card["command"] = f"cleanbench sweep results/{name}.yaml"
+            card["config"]["results_dir"] = f"results/sweeps/{name}"
+        write_cards(tmp_path / name, folder_cards)
     assert main(["leaderboard", str(tmp_path / "new"), str(tmp_path / "old"), "-o", str(tmp_path / "site")]) == 0
     assert "12 run cards" in capsys.readouterr().out
     html = (tmp_path / "site" / "index.html").read_text()
     assert html.index("Attack × defense · standard-v2") < html.index("Attack × defense · standard ·")
+    add = (tmp_path / "site" / "add-defense.html").read_text()  # the first folder is the one to add to
+    assert "cleanbench sweep results/new.yaml" in add and "results/old.yaml" not in add
+    assert "cleanbench leaderboard results/sweeps/new results/sweeps/old -o" in add
+    assert "adds 4 cells for one new defense" in add  # the first folder's clean control and badnet, 2 seeds
+    assert "defenses: [none, cleanclip, noisy-finetune]" in html_module.unescape(add)
     assert main(["leaderboard", str(tmp_path / "new"), str(tmp_path / "missing")]) != 0
     assert f"{str(tmp_path / 'missing')!r} does not exist" in capsys.readouterr().err
