@@ -135,8 +135,9 @@ def run(**options) -> None:
 
 
 def _default_preset(options: dict) -> str | None:
-    """The default setting (`standard-v2`) for a run on the embedded data with the default model and no config file; None
-    otherwise (a config file, file data or another model start from the plain option defaults)."""
+    """The default setting (`standard-v2`) for a run on the embedded data with the default model and
+    no config file; None otherwise (a config file, file data or another model start from the plain
+    option defaults)."""
     from cleanbench.presets import DEFAULT_SETTING
 
     own = ("config_file", "data", "eval_data", "model", "pretrained", "threat")

@@ -187,23 +187,17 @@ def build_site(results_dir: str | Path | Sequence[str | Path], site_dir: str | P
     more results folders (strength-grid sweeps such as `results/standard-tradeoff.yaml`'s) whose
     cards feed only the trade-off plots; without it the trade-off plots come from the site's own cards."""
     results_dirs, site_dir = _folders(results_dir), Path(site_dir)
-    scan, cards_by_folder = CardScan(), []
-    for folder in results_dirs:
-        found = scan_cards(folder)
-        cards_by_folder.append(found.cards)
-        scan.cards += found.cards
-        scan.rejected += found.rejected
+    scans = [scan_cards(folder) for folder in results_dirs]
+    scan = CardScan([c for found in scans for c in found.cards], [r for found in scans for r in found.rejected])
     if not scan.cards:
         skipped = f"; {len(scan.rejected)} files skipped, e.g. {scan.rejected[0][0]}: {scan.rejected[0][1]}" if scan.rejected else ""
         where = " or ".join(repr(str(folder / "runs")) for folder in results_dirs)
         raise UsageError(f"no valid run cards under {where}{skipped}")
     analysis = analyse(scan.cards)
     table = analysis.table
-    detection_cards, detection_rejected = [], []
-    for folder in results_dirs:
-        found_cards, found_rejected = load_detection_cards(folder)
-        detection_cards += found_cards
-        detection_rejected += found_rejected
+    detections = [load_detection_cards(folder) for folder in results_dirs]
+    detection_cards = [c for cards, _ in detections for c in cards]
+    detection_rejected = [r for _, rejected in detections for r in rejected]
     _prepare(site_dir)
     _copy_static(site_dir)
     env = _environment()
@@ -234,7 +228,7 @@ def build_site(results_dir: str | Path | Sequence[str | Path], site_dir: str | P
            statuses=["ok", "failed", NOT_RUN], rejected=scan.rejected + detection_rejected, n_cards=len(scan.cards),
            detections=detection_views(detection_cards), n_detection_cards=len(detection_cards),
            n_ok=sum(c["status"] == "ok" for c in scan.cards), views=_views(analysis, scan.cards))
-    render("add-defense.html", "add-defense.html", title="Add your defense", sweep=_sweep_facts(cards_by_folder, defenses, site_dir))
+    render("add-defense.html", "add-defense.html", title="Add your defense", sweep=_sweep_facts([found.cards for found in scans], defenses, site_dir))
     for attack in attacks:
         info = _plugin_info(scan.cards, "attack", attack)
         render("plugin.html", f"attacks/{slug(attack)}.html", title=f"Attack: {attack}", role="attack", info=info,
@@ -304,7 +298,7 @@ def _sweep_facts(cards_by_folder: list[list[dict]], defenses: list[str], site_di
                 for folder in cards_by_folder]
     reference = [c for c in cards if c["config"]["defense"] == "none"]
     own = {c["_cell"][3] for c in cards}
-    return {"grid": grid, "results_dir": recorded[0] if recorded else None,
+    return {"grid": grid, "results_dir": recorded[0],
             "folders": [f for f in recorded if f] or ["RESULTS_DIR"],
             "site": site_dir.as_posix() if not site_dir.is_absolute() else "SITE_DIR",
             "defenses": list(dict.fromkeys(d.split(" (")[0] for d in defenses if d in own)), "new_cells": len(reference)}
